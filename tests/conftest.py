@@ -1,0 +1,92 @@
+"""Fixtures shared by every test: the real Docker engine and registry that
+scripts/test-env brings up, fresh data directories and a clean environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+import uuid
+
+import pytest
+
+REGISTRY = os.environ.get("TEST_REGISTRY_ADDR", "127.0.0.1:5000")
+_ENV_PREFIXES = ("GITHUB_", "REGISTRY", "TARGET_BRANCH", "PUBLIC_URL", "DATA_DIR", "BUILD_NETWORK")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch):
+    """Keep the caller's Slipway settings out of the tests: each one says what it needs."""
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The real Docker engine (scripts/test-env starts it)."""
+    import docker
+
+    client = docker.from_env(version=os.environ.get("DOCKER_API_VERSION", "1.41"))
+    try:
+        client.ping()
+    except Exception as exc:  # pragma: no cover - environment problem, not a test result
+        pytest.fail(f"no Docker engine answers ({exc}); run scripts/test-env first")
+    yield client
+    client.close()
+
+
+class Registry:
+    """The test registry, read through its HTTP API v2."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.url = f"http://{address}"
+
+    def get_json(self, path: str, accept: str | None = None) -> dict:
+        request = urllib.request.Request(self.url + path)
+        if accept:
+            request.add_header("Accept", accept)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def tags(self, name: str) -> list[str]:
+        try:
+            return self.get_json(f"/v2/{name}/tags/list").get("tags") or []
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return []
+            raise
+
+    def manifest_digest(self, name: str, tag: str) -> str:
+        request = urllib.request.Request(
+            f"{self.url}/v2/{name}/manifests/{tag}",
+            method="HEAD",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.headers["Docker-Content-Digest"]
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    """The real registry on loopback (scripts/test-env starts it)."""
+    reg = Registry(REGISTRY)
+    try:
+        urllib.request.urlopen(reg.url + "/v2/", timeout=5).close()
+    except OSError as exc:  # pragma: no cover
+        pytest.fail(f"no registry answers at {REGISTRY} ({exc}); run scripts/test-env first")
+    return reg
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """An image name no other test (or earlier run) uses."""
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
