@@ -1,0 +1,114 @@
+"""Prometheus metrics of one Slipway process, and `GET /metrics`.
+
+Each `Metrics` owns its own `CollectorRegistry`, so two apps in one process
+(tests run many) never share or collide on a counter. The queue depth is not
+kept in memory: it is read from the job store at every scrape, so it is right
+even when another process (a separate worker) changes the queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+
+from .runtime import current_runtime
+
+log = logging.getLogger(__name__)
+
+# Docker builds take seconds to tens of minutes; the default buckets stop at 10 s.
+BUILD_DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+
+class _QueueDepthCollector:
+    """Reads the queue depth when Prometheus scrapes, not when a job moves."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def describe(self):
+        # Without describe(), registering would call collect() (and the store) at once.
+        return [GaugeMetricFamily("slipway_queue_depth", "Jobs waiting for a worker.")]
+
+    def collect(self):
+        source = self._metrics.queue_depth_source
+        if source is None:
+            return
+        try:
+            depth = source()
+        except Exception:  # a scrape must still answer when the store does not
+            log.warning("queue depth unavailable for /metrics", exc_info=True)
+            return
+        yield GaugeMetricFamily("slipway_queue_depth", "Jobs waiting for a worker.", value=depth)
+
+
+class Metrics:
+    """The counters, histogram and gauge that Slipway exports."""
+
+    def __init__(self, queue_depth: Callable[[], int] | None = None):
+        self.registry = CollectorRegistry()
+        self.queue_depth_source = queue_depth
+        self.webhooks_received = Counter(
+            "slipway_webhooks_received",
+            "Webhook deliveries received, by event and what Slipway did with them.",
+            ["event", "outcome"],
+            registry=self.registry,
+        )
+        self.builds = Counter(
+            "slipway_builds",
+            "Finished builds, by conclusion (success, failure, error).",
+            ["conclusion"],
+            registry=self.registry,
+        )
+        self.build_duration = Histogram(
+            "slipway_build_duration_seconds",
+            "Time from the start of a build to its conclusion.",
+            buckets=BUILD_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.github_api_calls = Counter(
+            "slipway_github_api_calls",
+            "Calls to the GitHub API, by HTTP status ('error' when no answer came).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.registry.register(_QueueDepthCollector(self))
+
+    def bind_queue_depth(self, source: Callable[[], int]) -> None:
+        """Read the queue depth from `source` (usually `JobStore.queue_depth`) at each scrape."""
+        self.queue_depth_source = source
+
+    def webhook_received(self, event: str, outcome: str) -> None:
+        """Count one delivery: outcome is e.g. accepted, ignored, duplicate, rejected."""
+        self.webhooks_received.labels(event=event or "unknown", outcome=outcome).inc()
+
+    def build_finished(self, conclusion: str, duration_seconds: float | None) -> None:
+        """Count one finished build and observe how long it took."""
+        self.builds.labels(conclusion=str(conclusion)).inc()
+        if duration_seconds is not None:
+            self.build_duration.observe(duration_seconds)
+
+    def github_api_call(self, status: int | str | None) -> None:
+        """Count one GitHub API call by its HTTP status; None means no answer came."""
+        self.github_api_calls.labels(status=str(status) if status is not None else "error").inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything in this registry."""
+        return generate_latest(self.registry)
+
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics_endpoint() -> Response:
+    runtime = current_runtime()
+    if runtime.metrics is None:  # an app wired without metrics still answers the scrape
+        runtime.metrics = Metrics()
+    metrics: Metrics = runtime.metrics
+    if metrics.queue_depth_source is None and runtime.store is not None:
+        metrics.bind_queue_depth(runtime.store.queue_depth)
+    return Response(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
