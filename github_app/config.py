@@ -1,0 +1,277 @@
+"""The App's configuration: read once from the environment, then passed down.
+
+`Config.from_env(environ)` is the only reader of environment variables (the
+table in DESIGN.md). A missing or malformed value raises `ConfigError` with one
+line that names the variable and says what to do. Secrets (private key, webhook
+secrets, registry password) never appear in `repr()` or `str()`, and no error
+message echoes them. The only I/O is reading the file at GITHUB_PRIVATE_KEY_PATH.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from github_app.errors import ConfigError
+
+DEFAULT_API_URL = "https://api.github.com"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# host[:port] or [ipv6][:port], optionally with a namespace path: registry.example.com/team
+_REGISTRY = re.compile(
+    r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?(?:/[a-z0-9._-]+)*"
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything Slipway needs to run; tests build it directly."""
+
+    # The three App values are None only when started for setup (require_app=False).
+    app_id: str | None = None
+    private_key: bytes | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_secret_previous: str | None = field(default=None, repr=False)
+    api_url: str = DEFAULT_API_URL
+    target_branch: str = "develop"
+    registry: str = "localhost:5000"
+    registry_username: str | None = None
+    registry_password: str | None = field(default=None, repr=False)
+    public_url: str = "http://localhost:8080"
+    data_dir: Path = Path("data")
+    build_network: str | None = None
+    docker_host: str | None = None
+    port: int = 8080
+    worker_threads: int = 2
+    log_level: str = "INFO"
+
+    @property
+    def has_app_credentials(self) -> bool:
+        """True when the App id, private key and webhook secret are all known."""
+        return bool(self.app_id and self.private_key and self.webhook_secret)
+
+    @property
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """The secrets a delivery may be signed with: current first, then the previous one."""
+        return tuple(s for s in (self.webhook_secret, self.webhook_secret_previous) if s)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, require_app: bool = True) -> Config:
+        """Read and validate the configuration; raise `ConfigError` naming the first bad variable.
+
+        With `require_app=False` the App id, private key and webhook secret may be
+        missing (Slipway then serves its setup page); when given they are still checked.
+        """
+        env = _Environ(environ)
+        app_id = env.get("GITHUB_APP_ID")
+        if app_id is None:
+            if require_app:
+                raise _missing("GITHUB_APP_ID", "the App's id, shown on its settings page")
+        elif not (app_id.isascii() and app_id.isdigit()):
+            raise ConfigError(
+                f"GITHUB_APP_ID must be a number (the App's id, shown on its settings page), "
+                f"not {app_id!r}.",
+                variable="GITHUB_APP_ID",
+            )
+        private_key = _private_key(env, require_app=require_app)
+        webhook_secret = env.secret("GITHUB_WEBHOOK_SECRET")
+        if webhook_secret is None and require_app:
+            raise _missing(
+                "GITHUB_WEBHOOK_SECRET",
+                "the webhook secret entered in the App's settings (signs every delivery)",
+            )
+        username = env.get("REGISTRY_USERNAME")
+        password = env.secret("REGISTRY_PASSWORD")
+        if (username is None) != (password is None):
+            given, other = (
+                ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")
+                if password is None
+                else ("REGISTRY_PASSWORD", "REGISTRY_USERNAME")
+            )
+            raise ConfigError(
+                f"{other} is not set but {given} is: set both for a registry that needs a "
+                "login, or neither.",
+                variable=other,
+            )
+        return cls(
+            app_id=app_id,
+            private_key=private_key,
+            webhook_secret=webhook_secret,
+            webhook_secret_previous=env.secret("GITHUB_WEBHOOK_SECRET_PREVIOUS"),
+            api_url=_http_url(env, "GITHUB_API_URL", DEFAULT_API_URL),
+            target_branch=_target_branch(env),
+            registry=_registry(env),
+            registry_username=username,
+            registry_password=password,
+            public_url=_http_url(env, "PUBLIC_URL", "http://localhost:8080"),
+            data_dir=Path(env.get("DATA_DIR", "data")),
+            build_network=env.get("BUILD_NETWORK"),
+            docker_host=env.get("DOCKER_HOST"),
+            port=_int(env, "PORT", 8080, low=1, high=65535, meaning="a TCP port"),
+            worker_threads=_int(
+                env, "WORKER_THREADS", 2, low=1, high=64, meaning="the number of builds run at once"
+            ),
+            log_level=_log_level(env),
+        )
+
+
+class _Environ:
+    """The environment, where a variable set to blanks counts as not set."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self._environ = environ
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self._environ.get(name)
+        if value is None or not value.strip():
+            return default
+        return value.strip()
+
+    def secret(self, name: str) -> str | None:
+        """A secret exactly as given: GitHub signs with every character of it."""
+        value = self._environ.get(name)
+        return value if value and value.strip() else None
+
+
+def _missing(name: str, meaning: str) -> ConfigError:
+    return ConfigError(f"{name} is not set: {meaning}.", variable=name)
+
+
+def _private_key(env: _Environ, *, require_app: bool) -> bytes | None:
+    path = env.get("GITHUB_PRIVATE_KEY_PATH")
+    text = env.get("GITHUB_PRIVATE_KEY")
+    if path is not None and text is not None:
+        raise ConfigError(
+            "GITHUB_PRIVATE_KEY_PATH and GITHUB_PRIVATE_KEY are both set: keep only one.",
+            variable="GITHUB_PRIVATE_KEY",
+        )
+    if path is not None:
+        try:
+            pem = Path(path).expanduser().read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"GITHUB_PRIVATE_KEY_PATH names {path}, which cannot be read "
+                f"({exc.strerror or exc}): point it at the .pem file downloaded from the "
+                "App's settings.",
+                variable="GITHUB_PRIVATE_KEY_PATH",
+            ) from None
+        return _check_rsa_key(pem, "GITHUB_PRIVATE_KEY_PATH")
+    if text is not None:
+        return _check_rsa_key(_pem_from_text(text), "GITHUB_PRIVATE_KEY")
+    if require_app:
+        raise ConfigError(
+            "GITHUB_PRIVATE_KEY_PATH is not set: the path of the App's private key (.pem), "
+            "or put the key itself in GITHUB_PRIVATE_KEY.",
+            variable="GITHUB_PRIVATE_KEY_PATH",
+        )
+    return None
+
+
+def _pem_from_text(text: str) -> bytes:
+    """PEM text, PEM with literal `\\n` escapes (one-line .env files), or base64 of the PEM."""
+    text = text.strip().strip("'\"")
+    if "-----BEGIN" in text:
+        return text.replace("\\r", "").replace("\\n", "\n").encode()
+    try:
+        decoded = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if b"-----BEGIN" not in decoded:
+        raise ConfigError(
+            "GITHUB_PRIVATE_KEY holds neither a PEM key (-----BEGIN ... PRIVATE KEY-----) nor "
+            "base64 of one: paste the .pem file downloaded from the App's settings.",
+            variable="GITHUB_PRIVATE_KEY",
+        )
+    return decoded
+
+
+def _check_rsa_key(pem: bytes, variable: str) -> bytes:
+    # GitHub signs App JWTs with RS256 only, so the key must be RSA; say why it is not,
+    # never what it holds.
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        raise ConfigError(
+            f"{variable}: the private key is protected by a passphrase; use the unencrypted "
+            ".pem file that GitHub generated.",
+            variable=variable,
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(
+            f"{variable} does not hold a readable PEM private key: use the .pem file from the "
+            "App's settings (Generate a private key).",
+            variable=variable,
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError(
+            f"{variable} holds a private key that is not RSA: GitHub App keys are RSA; use "
+            "the .pem file from the App's settings.",
+            variable=variable,
+        )
+    return pem
+
+
+def _http_url(env: _Environ, name: str, default: str) -> str:
+    value = env.get(name, default)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"{name} must be an http(s) URL such as {default}, not {value!r}.", variable=name
+        )
+    return value.rstrip("/")
+
+
+def _registry(env: _Environ) -> str:
+    value = env.get("REGISTRY", "localhost:5000")
+    if "://" in value or not _REGISTRY.fullmatch(value.rstrip("/")):
+        raise ConfigError(
+            f"REGISTRY must be a registry host with an optional port, such as localhost:5000 "
+            f"or registry.example.com (no http://), not {value!r}.",
+            variable="REGISTRY",
+        )
+    return value.rstrip("/")
+
+
+def _int(env: _Environ, name: str, default: int, *, low: int, high: int, meaning: str) -> int:
+    value = env.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise ConfigError(
+            f"{name} must be a whole number from {low} to {high} ({meaning}), not {value!r}.",
+            variable=name,
+        )
+    return number
+
+
+def _target_branch(env: _Environ) -> str:
+    value = env.get("TARGET_BRANCH", "develop")
+    if value.startswith("refs/") or any(c.isspace() for c in value):
+        raise ConfigError(
+            f"TARGET_BRANCH must be a branch name such as develop (without refs/heads/), "
+            f"not {value!r}.",
+            variable="TARGET_BRANCH",
+        )
+    return value
+
+
+def _log_level(env: _Environ) -> str:
+    value = env.get("LOG_LEVEL", "INFO").upper()
+    if value not in LOG_LEVELS:
+        raise ConfigError(
+            f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {value!r}.",
+            variable="LOG_LEVEL",
+        )
+    return value
