@@ -1,0 +1,179 @@
+"""Build one artifact and publish it: a Docker image pushed to the team's registry.
+
+``build_artifact(...)`` is the public entry; it knows Docker and the registry,
+nothing of GitHub. Errors are ``BuilderError`` subclasses (see builder.errors).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from builder.errors import (
+    BuilderError,
+    BuildFailed,
+    ContextNotFound,
+    DockerfileNotFound,
+    EngineUnreachable,
+    InvalidReference,
+    PushFailed,
+    RegistryUnreachable,
+    UnsupportedArtifactType,
+)
+from builder.references import image_name_for, image_tag, validate_service_name, validate_version
+
+__all__ = [
+    "build_artifact",
+    "image_name_for",
+    "BuildResult",
+    "SUPPORTED_TYPES",
+    "BuilderError",
+    "BuildFailed",
+    "ContextNotFound",
+    "DockerfileNotFound",
+    "EngineUnreachable",
+    "InvalidReference",
+    "PushFailed",
+    "RegistryUnreachable",
+    "UnsupportedArtifactType",
+]
+
+SUPPORTED_TYPES = ("docker",)
+OCI = "org.opencontainers.image"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What was pushed: ``reference`` is ``REGISTRY/name:version@sha256:...``."""
+
+    service: str
+    version: str
+    tag: str
+    reference: str
+    digest: str
+    image_id: str
+    size: int
+    duration: float
+    log_tail: str
+
+
+def build_artifact(
+    service_name: str,
+    version: str,
+    artifact_type: str = "docker",
+    context: str = ".",
+    dockerfile: str = "Dockerfile",
+    registry: str = "localhost:5000",
+    network: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    on_log: Callable[[str], None] | None = None,
+    *,
+    revision: str | None = None,
+    source: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    docker_client=None,
+    nocache: bool = False,
+) -> BuildResult:
+    """Build ``context`` into ``REGISTRY/service_name:version``, push it, return what was pushed.
+
+    ``dockerfile`` is relative to ``context`` (or absolute). The log goes to
+    ``on_log`` line by line as the build runs; only its tail is kept.
+    """
+    started = time.monotonic()
+    check_artifact_type(artifact_type)
+    registry = registry.rstrip("/")
+    validate_service_name(service_name, registry)
+    validate_version(version)
+    context_dir, dockerfile_path = locate_sources(context, dockerfile)
+    image_labels = oci_labels(version, datetime.now(UTC), revision=revision, source=source)
+    image_labels.update(labels or {})
+
+    # Imported here so that bad input is refused even where the docker SDK is absent.
+    from builder import engine
+
+    client = engine.connect(docker_client)
+    repository = f"{registry}/{service_name}"
+    tag = image_tag(registry, service_name, version)
+    log = engine.BuildLog(on_log)
+    image = engine.build_image(
+        client,
+        context=context_dir,
+        dockerfile=dockerfile_path,
+        tag=tag,
+        build_args=dict(build_args or {}),
+        labels=image_labels,
+        network=network,
+        nocache=nocache,
+        log=log,
+    )
+    auth = {"username": username, "password": password or ""} if username else None
+    digest = engine.push_image(
+        client, repository=repository, version=version, registry=registry, auth=auth, log=log
+    )
+    return BuildResult(
+        service=service_name,
+        version=version,
+        tag=tag,
+        reference=f"{tag}@{digest}",
+        digest=digest,
+        image_id=image.id,
+        size=image.size,
+        duration=time.monotonic() - started,
+        log_tail=log.tail.text(),
+    )
+
+
+def check_artifact_type(artifact_type: str) -> None:
+    """Refuse the artifact types this builder cannot make."""
+    if artifact_type in SUPPORTED_TYPES:
+        return
+    if str(artifact_type).lower() == "ami":
+        raise UnsupportedArtifactType(
+            "AMI artifacts are not supported yet; use type 'docker' to publish a Docker image.",
+            artifact_type=artifact_type,
+        )
+    raise UnsupportedArtifactType(
+        f"Unknown artifact type {artifact_type!r}; supported types: "
+        f"{', '.join(SUPPORTED_TYPES)}.",
+        artifact_type=str(artifact_type),
+    )
+
+
+def locate_sources(context: str, dockerfile: str) -> tuple[str, str]:
+    """The absolute context directory and Dockerfile path; raise when either is missing."""
+    context_dir = os.path.abspath(context)
+    if not os.path.isdir(context_dir):
+        what = "is not a directory" if os.path.exists(context_dir) else "does not exist"
+        raise ContextNotFound(
+            f"The build context {context!r} {what}; give the directory that holds the "
+            f"service's sources.",
+            context=context,
+        )
+    dockerfile_path = os.path.normpath(os.path.join(context_dir, dockerfile))
+    if not os.path.isfile(dockerfile_path):
+        raise DockerfileNotFound(
+            f"No Dockerfile at {dockerfile_path!r}; the Dockerfile path is relative to the "
+            f"context {context!r}: add the file or say where it is.",
+            dockerfile=dockerfile,
+        )
+    return context_dir, dockerfile_path
+
+
+def oci_labels(
+    version: str, created: datetime, *, revision: str | None = None, source: str | None = None
+) -> dict[str, str]:
+    """The OCI annotations every image carries (https://specs.opencontainers.org/image-spec/annotations/)."""
+    labels = {
+        f"{OCI}.version": version,
+        f"{OCI}.created": created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if revision:
+        labels[f"{OCI}.revision"] = revision
+    if source:
+        labels[f"{OCI}.source"] = source
+    return labels

@@ -1,0 +1,230 @@
+"""The Docker engine: build an image, push it, stream the log.
+
+The only module that imports the docker SDK. It drives the low-level API so
+that every chunk of the build and push streams is read as it arrives: the
+engine reports a failed build or push inside an HTTP 200 stream.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import docker
+import requests
+
+from builder.errors import BuildFailed, EngineUnreachable
+from builder.logtail import LineSplitter, LogTail
+from builder.references import (
+    build_failure_message,
+    dockerfile_with_labels,
+    parse_build_chunk,
+    parse_push_chunk,
+    push_failed,
+    step_of,
+)
+
+
+class BuildLog:
+    """Where the log goes: whole lines to ``on_log``, a bounded tail in memory."""
+
+    def __init__(self, on_log: Callable[[str], None] | None = None):
+        self.on_log = on_log
+        self.tail = LogTail()
+        self.step: str | None = None
+        self._lines = LineSplitter()
+
+    def write(self, text: str) -> None:
+        for line in self._lines.feed(text):
+            self._emit(line)
+
+    def close(self) -> None:
+        for line in self._lines.flush():
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        self.step = step_of(line) or self.step
+        self.tail.append(line)
+        if self.on_log is not None:
+            self.on_log(line)
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str
+    size: int
+
+
+def connect(docker_client=None):
+    """The caller's client, or one made the way the docker CLI makes it (DOCKER_HOST, ...)."""
+    with engine_errors():
+        client = docker_client
+        if client is None:
+            # The SDK's default API version (1.44 in docker 7) is newer than some
+            # engines still in use (20.10 speaks 1.41): ask the engine instead.
+            client = docker.from_env(version=os.environ.get("DOCKER_API_VERSION") or "auto")
+        client.api.ping()
+    return client
+
+
+@contextmanager
+def engine_errors() -> Iterator[None]:
+    """Turn "cannot talk to the engine" into EngineUnreachable, with how to fix it."""
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        if isinstance(exc, docker.errors.APIError):
+            raise
+        detail = str(exc)
+        if "Permission denied" in detail or isinstance(exc.__context__, PermissionError):
+            advice = ("this user may not open the Docker socket; add it to the 'docker' group "
+                      "or point DOCKER_HOST at an engine it may use")
+        else:
+            advice = ("start the engine, or point DOCKER_HOST at it "
+                      "(unix:///var/run/docker.sock, tcp://HOST:2375)")
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        raise EngineUnreachable(
+            f"No Docker engine answers at {where}: {advice}.", detail=detail
+        ) from exc
+    except requests.exceptions.ReadTimeout as exc:
+        raise EngineUnreachable(
+            "The Docker engine stopped answering; check that it is healthy (docker info).",
+            detail=str(exc),
+        ) from exc
+
+
+def build_image(
+    client,
+    *,
+    context: str,
+    dockerfile: str,
+    tag: str,
+    build_args: dict[str, str] | None,
+    labels: dict[str, str] | None,
+    network: str | None,
+    nocache: bool,
+    log: BuildLog,
+) -> Image:
+    """Build ``context`` and tag the result ``tag``; raise BuildFailed with the failing step."""
+    error = None
+    with engine_errors(), labelled_context(context, dockerfile, labels) as archive:
+        try:
+            stream = client.api.build(
+                fileobj=archive,
+                custom_context=True,
+                dockerfile=LABELLED_DOCKERFILE,
+                tag=tag,
+                buildargs=build_args or None,
+                network_mode=network or None,
+                pull=False,  # a local base image is used as it is, never pulled
+                rm=True,
+                forcerm=True,
+                nocache=nocache,
+                decode=True,
+            )
+            error = _read_build_stream(stream, log)
+        except docker.errors.APIError as exc:  # refused before the stream started
+            error = exc.explanation or str(exc)
+        log.close()
+        if error is not None:
+            raise BuildFailed(
+                build_failure_message(log.step, error),
+                step=log.step,
+                log_tail=log.tail.text(),
+                detail=error,
+            )
+        return inspect_image(client, tag)
+
+
+# A fixed name, so the .dockerignore that the SDK writes to hide this file
+# is the same on every build and a `COPY . .` step stays cached.
+LABELLED_DOCKERFILE = ".slipway.Dockerfile"
+
+
+@contextmanager
+def labelled_context(context: str, dockerfile: str, labels: dict[str, str] | None):
+    """The context as a tar whose Dockerfile ends with one LABEL instruction for ``labels``.
+
+    Not the engine's ``labels`` parameter: the classic builder makes one step,
+    one container commit, per label. The context and its .dockerignore are sent
+    as the SDK would send them.
+    """
+    with open(dockerfile, encoding="utf-8") as original:
+        text = dockerfile_with_labels(original.read(), labels or {})
+    exclude = None
+    dockerignore = os.path.join(context, ".dockerignore")
+    if os.path.exists(dockerignore):  # parsed as docker.api.build does
+        with open(dockerignore, encoding="utf-8") as f:
+            exclude = [line.strip() for line in f.read().splitlines()]
+            exclude = [line for line in exclude if line and not line.startswith("#")]
+    archive = docker.utils.build.tar(
+        context, exclude=exclude, dockerfile=(LABELLED_DOCKERFILE, text)
+    )
+    try:
+        yield archive
+    finally:
+        archive.close()
+
+
+def _read_build_stream(stream: Iterable[dict], log: BuildLog) -> str | None:
+    """Read the whole stream into ``log``; return the engine's error, if any."""
+    error = None
+    image_id = None
+    for chunk in stream:
+        event = parse_build_chunk(chunk)
+        if event.text:
+            log.write(event.text)
+        if event.image_id:
+            image_id = event.image_id
+        if event.error and error is None:
+            error = event.error
+            log.write(f"{event.error}\n")
+    if error is None and image_id is None:
+        error = "the engine ended the build without an image"
+    return error
+
+
+def inspect_image(client, tag: str) -> Image:
+    with engine_errors():
+        attributes = client.api.inspect_image(tag)
+    return Image(id=attributes["Id"], size=int(attributes.get("Size") or 0))
+
+
+def push_image(
+    client,
+    *,
+    repository: str,
+    version: str,
+    registry: str,
+    auth: dict[str, str] | None,
+    log: BuildLog,
+) -> str:
+    """Push ``repository:version``; return the digest the registry gave it."""
+    image = f"{repository}:{version}"
+    digest = None
+    error = None
+    with engine_errors():
+        try:
+            stream = client.api.push(
+                repository, tag=version, stream=True, decode=True, auth_config=auth
+            )
+            for chunk in stream:
+                event = parse_push_chunk(chunk)
+                if event.text:
+                    log.write(event.text)
+                if event.digest:
+                    digest = event.digest
+                if event.error and error is None:
+                    error = event.error
+                    log.write(f"{event.error}\n")
+        except docker.errors.APIError as exc:
+            error = exc.explanation or str(exc)
+    log.close()
+    if error is not None:
+        raise push_failed(image, registry, error, log.tail.text())
+    if digest is None:
+        raise push_failed(image, registry, "the engine did not report the pushed digest",
+                          log.tail.text())
+    return digest

@@ -1,0 +1,122 @@
+"""Everything that can go wrong while building and publishing an artifact.
+
+::
+
+    BuilderError                      blame
+    ├── InvalidReference              repository   bad service name or version
+    ├── UnsupportedArtifactType       repository   "ami", or a type we do not know
+    ├── ContextNotFound               repository   the build context directory is missing
+    ├── DockerfileNotFound            repository   no Dockerfile where it was said to be
+    ├── BuildFailed(step, log_tail)   repository   a Dockerfile instruction failed
+    ├── PushFailed(reason, ...)       infrastructure   the registry did not take the image
+    ├── EngineUnreachable             infrastructure   no Docker engine answers
+    └── RegistryUnreachable           infrastructure   the registry's HTTP API does not answer
+
+``blame`` says whose move it is: ``"repository"`` means the user's repository or
+input must change (commit status ``failure``); ``"infrastructure"`` means the
+engine, the registry or the network must (commit status ``error``).
+
+``str(error)`` is one sentence a user can act on; the evidence is on attributes.
+"""
+
+from __future__ import annotations
+
+REPOSITORY = "repository"
+INFRASTRUCTURE = "infrastructure"
+
+
+class BuilderError(Exception):
+    """Base class of every error that ``build_artifact`` and ``builder.registry`` raise."""
+
+    blame: str = INFRASTRUCTURE
+
+
+class InvalidReference(BuilderError):
+    """The service name or the version cannot be part of a Docker image reference."""
+
+    blame = REPOSITORY
+
+    def __init__(self, message: str, *, value: str):
+        super().__init__(message)
+        self.value = value
+
+
+class UnsupportedArtifactType(BuilderError):
+    """An artifact type that this builder cannot make (yet)."""
+
+    blame = REPOSITORY
+
+    def __init__(self, message: str, *, artifact_type: str):
+        super().__init__(message)
+        self.artifact_type = artifact_type
+
+
+class ContextNotFound(BuilderError):
+    """The build context directory does not exist."""
+
+    blame = REPOSITORY
+
+    def __init__(self, message: str, *, context: str):
+        super().__init__(message)
+        self.context = context
+
+
+class DockerfileNotFound(BuilderError):
+    """The Dockerfile is not where the caller said it is."""
+
+    blame = REPOSITORY
+
+    def __init__(self, message: str, *, dockerfile: str):
+        super().__init__(message)
+        self.dockerfile = dockerfile
+
+
+class BuildFailed(BuilderError):
+    """A Dockerfile instruction failed; ``step`` names it, ``log_tail`` shows its output."""
+
+    blame = REPOSITORY
+
+    def __init__(self, message: str, *, step: str | None, log_tail: str, detail: str = ""):
+        super().__init__(message)
+        self.step = step
+        self.log_tail = log_tail
+        self.detail = detail
+
+
+class PushFailed(BuilderError):
+    """The registry did not accept the image.
+
+    ``reason`` is ``"unreachable"`` (no connection), ``"auth"`` (credentials
+    missing or refused) or ``"refused"`` (the registry answered and said no);
+    ``detail`` is the engine's own message.
+    """
+
+    blame = INFRASTRUCTURE
+
+    def __init__(self, message: str, *, reason: str, image: str, detail: str, log_tail: str = ""):
+        super().__init__(message)
+        self.reason = reason
+        self.image = image
+        self.detail = detail
+        self.log_tail = log_tail
+
+
+class EngineUnreachable(BuilderError):
+    """No Docker engine answers where the client looked for one."""
+
+    blame = INFRASTRUCTURE
+
+    def __init__(self, message: str, *, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
+
+
+class RegistryUnreachable(BuilderError):
+    """The registry's HTTP API did not answer (or answered with a server error)."""
+
+    blame = INFRASTRUCTURE
+
+    def __init__(self, message: str, *, registry: str, detail: str = ""):
+        super().__init__(message)
+        self.registry = registry
+        self.detail = detail
