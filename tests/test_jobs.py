@@ -1,0 +1,498 @@
+"""The job store on real SQLite files: dedupe, restart, claim order, requeue, builds."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+
+import pytest
+
+from github_app.jobs import (
+    SCHEMA_VERSION,
+    BuildState,
+    EnqueueResult,
+    JobKind,
+    JobState,
+    JobStore,
+    StoreUnavailable,
+    UnknownBuild,
+)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def store(data_dir, clock):
+    with JobStore.from_data_dir(data_dir, clock=clock, lease_seconds=60) as store:
+        yield store
+
+
+def enqueue(store, delivery_id, repository="octo/app", kind="merge", **request):
+    return store.enqueue(
+        delivery_id, repository=repository, kind=kind, request={"pr": 1, **request}
+    )
+
+
+def new_build(store, job_id, service="app", head_sha="h" * 40, **fields):
+    build_id = store.create_build(
+        job_id,
+        repository=store.get_job(job_id).repository,
+        service=service,
+        pr_number=7,
+        head_sha=head_sha,
+        merge_sha="m" * 40,
+        check_run_name="docker build",
+    )
+    return store.update_build(build_id, **fields) if fields else store.get_build(build_id)
+
+
+# -- enqueue -------------------------------------------------------------------
+
+
+def test_enqueue_is_idempotent_per_delivery_id(store):
+    """A redelivered webhook returns the job of its first delivery and creates none."""
+    first = enqueue(store, "d-1")
+    again = enqueue(store, "d-1", pr=2)
+    other = enqueue(store, "d-2")
+
+    assert first == EnqueueResult(job_id=first.job_id, created=True)
+    assert again == EnqueueResult(job_id=first.job_id, created=False)
+    assert other.created and other.job_id != first.job_id
+    assert store.get_job(first.job_id).request == {"pr": 1}
+    assert store.queue_depth() == 2
+
+
+def test_enqueue_stores_the_request(store, clock):
+    """A queued job carries its request decoded, its kind and repository, and no worker."""
+    result = store.enqueue(
+        "d-1", repository="octo/app", kind="rerun", request={"pr": 5, "labels": ["a", "b"]}
+    )
+    job = store.get_job(result.job_id)
+    assert job.delivery_id == "d-1"
+    assert job.repository == "octo/app"
+    assert job.kind is JobKind.RERUN
+    assert job.request == {"pr": 5, "labels": ["a", "b"]}
+    assert job.state is JobState.QUEUED
+    assert (job.attempts, job.worker_id, job.started_at) == (0, None, None)
+    assert job.created_at == clock.now
+    assert store.get_job_by_delivery("d-1") == job
+    assert store.get_job(9999) is None
+
+
+def test_enqueue_rejects_an_unknown_kind(store):
+    with pytest.raises(ValueError):
+        enqueue(store, "d-1", kind="deploy")
+
+
+def test_concurrent_enqueues_of_one_delivery_create_one_job(data_dir):
+    """16 threads racing with the same delivery id get one job and the same id."""
+    store = JobStore.from_data_dir(data_dir)
+    barrier = threading.Barrier(16)
+    results = []
+
+    def deliver():
+        barrier.wait()
+        results.append(enqueue(store, "same-delivery"))
+
+    threads = [threading.Thread(target=deliver) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+
+    assert len(results) == 16
+    assert len({r.job_id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    with JobStore.from_data_dir(data_dir) as reopened:
+        assert reopened.job_counts()[JobState.QUEUED] == 1
+
+
+def test_a_job_survives_a_restart(data_dir):
+    """A job queued before the process stops is still queued after it starts again."""
+    with JobStore.from_data_dir(data_dir) as store:
+        job_id = enqueue(store, "d-1", title="Release 1.4.0").job_id
+
+    with JobStore.from_data_dir(data_dir) as reopened:
+        job = reopened.get_job(job_id)
+        assert job.state is JobState.QUEUED
+        assert job.request == {"pr": 1, "title": "Release 1.4.0"}
+        assert enqueue(reopened, "d-1") == EnqueueResult(job_id, created=False)
+        assert reopened.claim("w1").id == job_id
+
+
+def test_the_schema_is_versioned_and_wal(data_dir, store):
+    """The file records its schema version and runs in WAL mode."""
+    assert store.schema_version() == SCHEMA_VERSION
+    with sqlite3.connect(store.path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_newer_schema_is_refused(data_dir):
+    """A store written by a newer Slipway is not opened (and not damaged)."""
+    path = data_dir / "slipway.sqlite3"
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreUnavailable, match="newer"):
+        JobStore(path)
+
+
+# -- claim ---------------------------------------------------------------------
+
+
+def test_claim_takes_the_oldest_job_and_marks_it_running(store, clock):
+    """claim() returns the oldest queued job, RUNNING, with its worker, start and lease."""
+    first = enqueue(store, "d-1", repository="octo/a").job_id
+    enqueue(store, "d-2", repository="octo/b")
+
+    job = store.claim("worker-1")
+
+    assert job.id == first
+    assert job.state is JobState.RUNNING
+    assert job.worker_id == "worker-1"
+    assert job.attempts == 1
+    assert job.started_at == clock.now
+    assert job.lease_until == clock.now + 60
+    assert store.queue_depth() == 1
+
+
+def test_claim_on_an_empty_queue_returns_none(store):
+    assert store.claim("w1") is None
+
+
+def test_jobs_of_one_repository_run_one_at_a_time(store):
+    """Two jobs of A and one of B: two workers get A1 and B; A2 only after A1 finishes."""
+    a1 = enqueue(store, "d-a1", repository="octo/a").job_id
+    a2 = enqueue(store, "d-a2", repository="octo/a").job_id
+    b = enqueue(store, "d-b", repository="octo/b").job_id
+
+    assert store.claim("w1").id == a1
+    assert store.claim("w2").id == b
+    assert store.claim("w3") is None  # A2 waits for A1
+
+    store.finish(b, JobState.SUCCEEDED)
+    assert store.claim("w3") is None  # B finishing does not release A
+
+    store.finish(a1, JobState.FAILED, "the Dockerfile is missing")
+    assert store.claim("w3").id == a2
+    assert store.get_job(a1).error == "the Dockerfile is missing"
+
+
+def test_claim_from_threads_never_hands_out_a_job_twice(data_dir):
+    """8 threads draining 200 jobs of 200 repositories each get distinct jobs."""
+    store = JobStore.from_data_dir(data_dir)
+    ids = {enqueue(store, f"d-{i}", repository=f"octo/r{i}").job_id for i in range(200)}
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def work(name):
+        while (job := store.claim(name)) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+
+    assert sorted(claimed) == sorted(ids)
+
+
+def _claim_in_another_process(path, worker_id, queue):
+    store = JobStore(path)
+    claimed = []
+    while (job := store.claim(worker_id)) is not None:
+        claimed.append(job.id)
+        store.finish(job.id, JobState.SUCCEEDED, worker_id=worker_id)
+    store.close()
+    queue.put(claimed)
+
+
+def test_two_processes_never_claim_the_same_job(data_dir):
+    """A second worker process on the same file never gets a job the first one got."""
+    with JobStore.from_data_dir(data_dir) as store:
+        ids = {enqueue(store, f"d-{i}", repository=f"octo/r{i % 7}").job_id for i in range(150)}
+        path = store.path
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    processes = [
+        context.Process(target=_claim_in_another_process, args=(path, f"proc-{n}", queue))
+        for n in range(2)
+    ]
+    for process in processes:
+        process.start()
+    results = [queue.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+
+    first, second = (set(r) for r in results)
+    assert not first & second
+    assert len(results[0]) + len(results[1]) == len(ids)
+    assert first | second == ids
+    with JobStore(path) as store:
+        assert store.job_counts()[JobState.SUCCEEDED] == 150
+
+
+# -- finish, heartbeat, requeue -----------------------------------------------
+
+
+def test_finish_records_the_outcome(store, clock):
+    job_id = enqueue(store, "d-1").job_id
+    store.claim("w1")
+    clock.now += 42
+
+    assert store.finish(job_id, JobState.SUCCEEDED)
+
+    job = store.get_job(job_id)
+    assert job.state is JobState.SUCCEEDED
+    assert job.finished_at == clock.now
+    assert job.lease_until is None
+    with pytest.raises(ValueError):
+        store.finish(job_id, JobState.RUNNING)
+
+
+def test_a_worker_that_lost_its_job_cannot_finish_it(store, clock):
+    """After its lease ran out and another worker took the job, the first worker's finish is
+    refused, and so is its heartbeat."""
+    job_id = enqueue(store, "d-1").job_id
+    store.claim("w1")
+    clock.now += 61
+    assert store.requeue_interrupted() == [job_id]
+    store.claim("w2")
+
+    assert not store.heartbeat(job_id, worker_id="w1")
+    assert not store.finish(job_id, JobState.FAILED, "late", worker_id="w1")
+    assert store.heartbeat(job_id, worker_id="w2")
+    assert store.finish(job_id, JobState.SUCCEEDED, worker_id="w2")
+    assert store.get_job(job_id).state is JobState.SUCCEEDED
+
+
+def test_an_interrupted_job_is_requeued_and_claimed_again(store):
+    """At start-up a job left RUNNING goes back to the queue and runs again, attempts counted."""
+    job_id = enqueue(store, "d-1").job_id
+    assert store.claim("old-process").attempts == 1
+
+    assert store.requeue_interrupted(force=True) == [job_id]
+    requeued = store.get_job(job_id)
+    assert requeued.state is JobState.QUEUED
+    assert (requeued.worker_id, requeued.lease_until, requeued.attempts) == (None, None, 1)
+
+    again = store.claim("new-process")
+    assert (again.id, again.attempts, again.worker_id) == (job_id, 2, "new-process")
+
+
+def test_requeue_takes_only_expired_leases_unless_forced(store, clock):
+    """A live worker's job (its lease renewed by heartbeats) is left alone."""
+    job_id = enqueue(store, "d-1").job_id
+    store.claim("w1")
+
+    clock.now += 50
+    assert store.requeue_interrupted() == []
+    assert store.heartbeat(job_id)
+    clock.now += 50  # 100 s after the claim, 50 s after the heartbeat
+    assert store.requeue_interrupted() == []
+    assert store.requeue_interrupted(now=clock.now + 11) == [job_id]
+
+
+def test_a_job_interrupted_too_often_fails_and_errors_its_builds(store):
+    """After max_attempts interruptions the job fails saying so, and its unfinished builds end
+    ERRORED and unreported, so their check runs still get completed."""
+    job_id = enqueue(store, "d-1").job_id
+    for attempt in range(1, 4):
+        assert store.claim("w").attempts == attempt
+        if attempt == 1:
+            done = new_build(
+                store,
+                job_id,
+                service="api",
+                state=BuildState.SUCCEEDED,
+                reported=True,
+                finished_at=1.0,
+            )
+            running = new_build(
+                store, job_id, service="web", state=BuildState.RUNNING, check_run_id=55
+            )
+        expected = [job_id] if attempt < 3 else []
+        assert store.requeue_interrupted(force=True) == expected
+
+    job = store.get_job(job_id)
+    assert job.state is JobState.FAILED
+    assert "interrupted 3 times" in job.error
+    assert store.claim("w") is None
+
+    assert store.get_build(done.id).state is BuildState.SUCCEEDED
+    errored = store.get_build(running.id)
+    assert errored.state is BuildState.ERRORED
+    assert errored.failure_kind == "infrastructure"
+    assert "interrupted" in errored.error
+    assert errored.finished_at is not None
+    assert [b.id for b in store.unreported_builds()] == [running.id]
+
+
+def test_job_counts_cover_every_state(store):
+    enqueue(store, "d-1", repository="octo/a")
+    enqueue(store, "d-2", repository="octo/b")
+    store.claim("w")
+    assert store.job_counts() == {
+        JobState.QUEUED: 1,
+        JobState.RUNNING: 1,
+        JobState.SUCCEEDED: 0,
+        JobState.FAILED: 0,
+    }
+
+
+# -- builds --------------------------------------------------------------------
+
+
+def test_builds_are_created_updated_and_read_back(store, clock):
+    """A build starts QUEUED with its identity; update_build sets and returns fields."""
+    job_id = enqueue(store, "d-1").job_id
+    build = new_build(store, job_id)
+    assert build.state is BuildState.QUEUED
+    assert (build.job_id, build.repository, build.service) == (job_id, "octo/app", "app")
+    assert (build.pr_number, build.check_run_name, build.created_at) == (
+        7,
+        "docker build",
+        clock.now,
+    )
+    assert build.reported is False and build.check_run_id is None
+
+    updated = store.update_build(
+        build.id,
+        state=BuildState.SUCCEEDED,
+        check_run_id=123,
+        version="1.4.0",
+        version_source="label",
+        reference="localhost:5000/app:1.4.0@sha256:" + "a" * 64,
+        digest="sha256:" + "a" * 64,
+        image_id="sha256:" + "b" * 64,
+        size=12345,
+        duration=3.5,
+        summary="pushed",
+        started_at=clock.now,
+        finished_at=clock.now + 3.5,
+        reported=True,
+    )
+    assert updated == store.get_build(build.id)
+    assert updated.state is BuildState.SUCCEEDED and updated.finished
+    assert (updated.check_run_id, updated.version, updated.size) == (123, "1.4.0", 12345)
+    assert updated.reported is True
+    assert store.update_build(build.id, summary=None).summary is None
+    assert store.builds_for_job(job_id) == [store.get_build(build.id)]
+    assert store.get_build(9999) is None
+
+
+def test_update_build_refuses_bad_fields(store):
+    build = new_build(store, enqueue(store, "d-1").job_id)
+    with pytest.raises(TypeError, match="job_id"):
+        store.update_build(build.id, job_id=3)
+    with pytest.raises(ValueError):
+        store.update_build(build.id, state="exploded")
+    with pytest.raises(ValueError):
+        store.update_build(build.id, failure_kind="cosmic rays")
+    with pytest.raises(UnknownBuild):
+        store.update_build(9999, summary="x")
+
+
+def test_builds_are_found_by_check_run_and_head_sha(store):
+    """Re-run finds the build of its check run; Re-run all finds the builds of a head commit."""
+    job_a = enqueue(store, "d-1", repository="octo/a").job_id
+    job_b = enqueue(store, "d-2", repository="octo/b").job_id
+    api = new_build(store, job_a, service="api", head_sha="1" * 40, check_run_id=11)
+    web = new_build(store, job_a, service="web", head_sha="1" * 40, check_run_id=12)
+    new_build(store, job_b, service="b", head_sha="1" * 40, check_run_id=11)
+
+    assert store.find_build_by_check_run("octo/a", 12) == web
+    assert store.find_build_by_check_run("octo/a", 99) is None
+    assert store.find_build_by_check_run("octo/b", 11).service == "b"
+    assert store.find_builds_by_head_sha("octo/a", "1" * 40) == [api, web]
+    assert store.find_builds_by_head_sha("octo/a", "2" * 40) == []
+
+
+def test_recent_builds_newest_first_with_filters(store):
+    job_a = enqueue(store, "d-1", repository="octo/a").job_id
+    job_b = enqueue(store, "d-2", repository="octo/b").job_id
+    a1 = new_build(store, job_a, state=BuildState.SUCCEEDED)
+    b1 = new_build(store, job_b, state=BuildState.FAILED)
+    a2 = new_build(store, job_a, state=BuildState.FAILED)
+    a3 = new_build(store, job_a)
+
+    assert [b.id for b in store.recent_builds()] == [a3.id, a2.id, b1.id, a1.id]
+    assert [b.id for b in store.recent_builds(limit=2)] == [a3.id, a2.id]
+    assert [b.id for b in store.recent_builds(repository="octo/a")] == [a3.id, a2.id, a1.id]
+    assert [b.id for b in store.recent_builds(state="failed")] == [a2.id, b1.id]
+    assert [b.id for b in store.recent_builds(repository="octo/b", state=BuildState.FAILED)] == [
+        b1.id
+    ]
+    assert store.recent_builds(repository="octo/none") == []
+
+
+def test_latest_finished_build_is_what_the_badge_shows(store):
+    """The badge reads the build that finished last, ignoring ones still running."""
+    job_id = enqueue(store, "d-1", repository="octo/a").job_id
+    assert store.latest_finished_build("octo/a") is None
+
+    api = new_build(
+        store, job_id, service="api", state="succeeded", version="1.0.0", finished_at=100.0
+    )
+    web = new_build(store, job_id, service="web", state="failed", finished_at=200.0)
+    new_build(store, job_id, service="api", state="running")
+
+    assert store.latest_finished_build("octo/a") == web
+    assert store.latest_finished_build("octo/a", service="api") == api
+    assert store.latest_finished_build("octo/a", service="nope") is None
+    assert store.latest_finished_build("octo/b") is None
+
+
+def test_unreported_builds_are_the_finished_ones_github_did_not_accept(store):
+    job_id = enqueue(store, "d-1").job_id
+    reported = new_build(store, job_id, state="succeeded", reported=True)
+    lost = new_build(store, job_id, state="errored", failure_kind="infrastructure")
+    new_build(store, job_id, state="running")
+
+    assert [b.id for b in store.unreported_builds()] == [lost.id]
+    store.update_build(lost.id, reported=True)
+    assert store.unreported_builds() == []
+    assert reported.reported
+
+
+# -- health --------------------------------------------------------------------
+
+
+def test_healthcheck_passes_on_a_working_store(store):
+    store.healthcheck()
+
+
+def test_healthcheck_says_why_the_store_cannot_be_used(store):
+    """A store whose file was damaged fails the health check with the path and the reason."""
+    store.close()
+    store.path.write_bytes(b"not a database " * 512)
+    for suffix in ("-wal", "-shm"):
+        store.path.with_name(store.path.name + suffix).unlink(missing_ok=True)
+
+    with pytest.raises(StoreUnavailable, match="not a database") as error:
+        store.healthcheck()
+    assert str(store.path) in str(error.value)
+
+
+def test_opening_a_damaged_store_fails_clearly(data_dir):
+    path = data_dir / "slipway.sqlite3"
+    path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreUnavailable, match=str(path)):
+        JobStore(path)
