@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+import time
+from itertools import pairwise
 
 import pytest
 
@@ -212,39 +214,50 @@ def test_claim_from_threads_never_hands_out_a_job_twice(data_dir):
     assert sorted(claimed) == sorted(ids)
 
 
-def _claim_in_another_process(path, worker_id, queue):
+def _claim_in_another_process(path, worker_id, start, queue):
     store = JobStore(path)
-    claimed = []
+    start.wait(60)
+    runs = []
     while (job := store.claim(worker_id)) is not None:
-        claimed.append(job.id)
+        began = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+        time.sleep(0.002)  # a build takes time: let the other process overlap
+        runs.append((job.id, job.repository, began, time.monotonic()))
         store.finish(job.id, JobState.SUCCEEDED, worker_id=worker_id)
     store.close()
-    queue.put(claimed)
+    queue.put(runs)
 
 
 def test_two_processes_never_claim_the_same_job(data_dir):
-    """A second worker process on the same file never gets a job the first one got."""
+    """A second worker process on the same file never gets a job the first one got, and
+    never runs a job of a repository the first one is building."""
     with JobStore.from_data_dir(data_dir) as store:
         ids = {enqueue(store, f"d-{i}", repository=f"octo/r{i % 7}").job_id for i in range(150)}
         path = store.path
 
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
+    start, queue = context.Event(), context.Queue()
     processes = [
-        context.Process(target=_claim_in_another_process, args=(path, f"proc-{n}", queue))
+        context.Process(target=_claim_in_another_process, args=(path, f"proc-{n}", start, queue))
         for n in range(2)
     ]
     for process in processes:
         process.start()
+    start.set()
     results = [queue.get(timeout=120) for _ in processes]
     for process in processes:
         process.join(timeout=30)
         assert process.exitcode == 0
 
-    first, second = (set(r) for r in results)
+    first, second = ({run[0] for run in runs} for runs in results)
+    assert first and second, "both processes should have claimed jobs"
     assert not first & second
-    assert len(results[0]) + len(results[1]) == len(ids)
     assert first | second == ids
+    runs_by_repository: dict[str, list[tuple[float, float]]] = {}
+    for _, repository, began, ended in results[0] + results[1]:
+        runs_by_repository.setdefault(repository, []).append((began, ended))
+    for runs in runs_by_repository.values():
+        runs.sort()
+        assert all(ended <= began for (_, ended), (began, _) in pairwise(runs))
     with JobStore(path) as store:
         assert store.job_counts()[JobState.SUCCEEDED] == 150
 
