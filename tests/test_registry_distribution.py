@@ -274,3 +274,49 @@ def test_other_machine_downloads_every_blob_intact_over_the_network(
     assert sent >= total, (
         f"only {sent} bytes left through {other_machine.host_interface} for {total} bytes of blobs"
     )
+
+
+def test_deleted_image_is_gone_and_garbage_collection_frees_its_blobs(
+    docker_client, unique_name, tmp_path, cleanup
+):
+    """Deleting a manifest by digest (as docs/registry.md shows) unpublishes the
+    image, and `garbage-collect` then frees the disk its blobs used."""
+    _, images = cleanup
+    storage = tmp_path / "registry-storage"
+    storage.mkdir()
+    registry = RegistryProcess(f"127.0.0.1:{free_port('127.0.0.1')}", storage, tmp_path)
+    try:
+        repository = f"{registry.address}/{unique_name}"
+        built = build_microservice(docker_client, f"{repository}:3.0.0", version="3.0.0")
+        images.append(built.id)
+        pushed = push(docker_client, repository, "3.0.0")
+        blobs = list((storage / "docker/registry/v2/blobs").rglob("data"))
+        assert len(blobs) >= 3  # config, base layer, the service's layers
+
+        head = urllib.request.Request(
+            f"{registry.url}/v2/{unique_name}/manifests/3.0.0", method="HEAD",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        )
+        with urllib.request.urlopen(head, timeout=10) as response:
+            digest = response.headers["Docker-Content-Digest"]
+        assert digest == pushed
+
+        delete = urllib.request.Request(
+            f"{registry.url}/v2/{unique_name}/manifests/{digest}", method="DELETE"
+        )
+        with urllib.request.urlopen(delete, timeout=10) as response:
+            assert response.status == 202
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"{registry.url}/v2/{unique_name}/manifests/3.0.0", timeout=10)
+        assert missing.value.code == 404
+        assert not get_json(f"{registry.url}/v2/{unique_name}/tags/list").get("tags")
+    finally:
+        # The registry must not accept uploads while garbage-collect runs.
+        registry.stop()
+
+    collected = subprocess.run(
+        ["docker-registry", "garbage-collect", str(registry.config)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert collected.returncode == 0, collected.stderr
+    assert not any(blob.exists() for blob in blobs), "garbage-collect left blobs behind"
