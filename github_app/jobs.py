@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SlipwayError
+from .webhooks import BuildKind
 
 SCHEMA_VERSION = 1
 DATABASE_NAME = "slipway.sqlite3"
@@ -49,9 +50,8 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
-class JobKind(StrEnum):
-    MERGE = "merge"
-    RERUN = "rerun"
+# One vocabulary for what a delivery asks: merge, rerun_check_run, rerun_check_suite.
+JobKind = BuildKind
 
 
 class BuildState(StrEnum):

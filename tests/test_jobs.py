@@ -79,12 +79,15 @@ def test_enqueue_is_idempotent_per_delivery_id(store):
 def test_enqueue_stores_the_request(store, clock):
     """A queued job carries its request decoded, its kind and repository, and no worker."""
     result = store.enqueue(
-        "d-1", repository="octo/app", kind="rerun", request={"pr": 5, "labels": ["a", "b"]}
+        "d-1",
+        repository="octo/app",
+        kind="rerun_check_run",
+        request={"pr": 5, "labels": ["a", "b"]},
     )
     job = store.get_job(result.job_id)
     assert job.delivery_id == "d-1"
     assert job.repository == "octo/app"
-    assert job.kind is JobKind.RERUN
+    assert job.kind is JobKind.RERUN_CHECK_RUN
     assert job.request == {"pr": 5, "labels": ["a", "b"]}
     assert job.state is JobState.QUEUED
     assert (job.attempts, job.worker_id, job.started_at) == (0, None, None)
