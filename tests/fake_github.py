@@ -62,6 +62,7 @@ GET contents/{path}?ref=, GET tarball/{ref} (302 to /_codeload/... with a short-
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import secrets
@@ -655,7 +656,15 @@ class FakeGitHub:
         found = self._repo(owner, repo)
         if (found.full_name.lower(), int(number)) not in self.pull_requests:
             raise github_error(404, "Not Found", why=f"Not Found: no pull request #{number}")
-        return 200, self._pull_request_json(found, int(number)), {}
+        shape = self._pull_request_json(found, int(number))
+        # The media type chooses the body's renderings: github3 asks for `.full+json`.
+        accept = request.headers.get("Accept", "")
+        text = shape.get("body") or ""
+        if ".full+json" in accept or ".html+json" in accept:
+            shape["body_html"] = f"<p>{html.escape(text)}</p>" if text else ""
+        if ".full+json" in accept or ".text+json" in accept:
+            shape["body_text"] = text
+        return 200, shape, {}
 
     def _pull_request_json(self, repo: Repository, number: int) -> dict:
         pr = self.pull_requests[(repo.full_name.lower(), number)]

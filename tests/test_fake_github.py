@@ -426,6 +426,11 @@ def test_github3_app_flow_creates_a_check_run_and_a_status(repo, fake):
                                       description="Pushed 1.0.0")
     assert status.state == "success"
     assert fake.statuses[-1].body["context"] == "slipway/docker"
+    fake.add_pull_request(OWNER, REPO, number=3, title="Release 1.4.0", head_sha=repo.default_sha,
+                          merge_commit_sha=repo.default_sha, labels=["semver:patch"])
+    pull = client.pull_request(OWNER, REPO, 3)  # github3 asks for the `.full+json` media type
+    assert (pull.title, pull.merged, pull.base.ref) == ("Release 1.4.0", True, "develop")
+    assert repository.file_contents("src/app.py").decoded == b"print('hi')\n"
     assert fake.rejections == []
 
 
