@@ -28,6 +28,7 @@ from builder.references import image_name_for, image_tag, validate_service_name,
 __all__ = [
     "build_artifact",
     "image_name_for",
+    "oci_labels",
     "BuildResult",
     "SUPPORTED_TYPES",
     "BuilderError",

@@ -35,7 +35,7 @@ def validate_service_name(name: str, registry: str = "") -> str:
     """Return ``name`` when it is a valid image name, else raise InvalidReference."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         hint = ""
-        if isinstance(name, str) and name and _NAME_RE.fullmatch(image_name_for(name) or "-"):
+        if isinstance(name, str) and re.search(r"[A-Za-z0-9]", name):
             hint = f" (try '{image_name_for(name)}')"
         raise InvalidReference(
             f"Invalid service name {name!r}: {NAME_RULE}{hint}.", value=str(name)
