@@ -1,0 +1,64 @@
+"""Slipway, the GitHub App: `create_app(config)` wires the blueprints to one
+job store. Wiring only; the logic lives in the modules it imports."""
+
+from __future__ import annotations
+
+import threading
+
+from flask import Flask
+
+from github_app.runtime import Runtime
+
+__all__ = ["create_app"]
+
+# GitHub caps webhook payloads at 25 MB.
+# https://docs.github.com/en/webhooks/webhook-events-and-payloads#payload-cap
+MAX_WEBHOOK_BYTES = 25 * 1024 * 1024
+
+
+def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Flask:
+    """The Flask app. Without `config`, reads it from the environment once."""
+    from github_app import health, pages, views
+    from github_app import metrics as metrics_module
+    from github_app.config import Config
+    from github_app.jobs import JobStore
+
+    if config is None:
+        import os
+
+        config = Config.from_env(os.environ, require_app=False)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_WEBHOOK_BYTES
+    app.json.sort_keys = False
+    if store is None:
+        store = JobStore.from_data_dir(config.data_dir)
+    if metrics is None:
+        metrics = metrics_module.Metrics(queue_depth=store.queue_depth)
+    if engine_ping is None:
+        engine_ping = docker_engine_ping(config)
+    app.extensions["slipway"] = Runtime(
+        config=config,
+        store=store,
+        metrics=metrics,
+        engine_ping=engine_ping,
+        extras={"wakeup": threading.Event()},
+    )
+    for blueprint in (views.bp, pages.bp, health.bp, metrics_module.bp):
+        app.register_blueprint(blueprint)
+    return app
+
+
+def docker_engine_ping(config):
+    """A check for /healthz: raises when the Docker engine does not answer."""
+    client = None
+
+    def ping() -> None:
+        nonlocal client
+        import docker
+
+        if client is None:
+            environment = {"DOCKER_HOST": config.docker_host} if config.docker_host else None
+            client = docker.from_env(environment=environment, timeout=5)
+        client.ping()
+
+    return ping
