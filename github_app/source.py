@@ -72,7 +72,9 @@ def _check_member(member: tarfile.TarInfo, root: Path) -> None:
     if path.is_absolute() or name.startswith(("/", "\\")):
         raise SourceError(f"The source archive holds an absolute path ({name!r}); refused.")
     if ".." in path.parts:
-        raise SourceError(f"The source archive holds a path that leaves its folder ({name!r}); refused.")
+        raise SourceError(
+            f"The source archive holds a path that leaves its folder ({name!r}); refused."
+        )
     if member.isdev() or member.isfifo():
         raise SourceError(f"The source archive holds a device or FIFO ({name!r}); refused.")
     if member.issym() or member.islnk():
