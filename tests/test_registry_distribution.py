@@ -7,7 +7,9 @@ network namespace joined by a veth pair standing in for a second machine.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
+import ipaddress
 import json
 import socket
 import subprocess
@@ -20,10 +22,17 @@ from pathlib import Path
 import docker.errors
 import netns
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 pytestmark = pytest.mark.docker
 
 MICROSERVICE = Path(__file__).resolve().parent.parent / "microservice"
+USERNAME, PASSWORD = "slipway", "slipway-test-password"
+# `htpasswd -Bbn slipway slipway-test-password`: distribution accepts bcrypt only.
+HTPASSWD = "slipway:$2b$05$tazVbuqczoOTzQSoBQQVkeFRiXBklcR3BQcn1td7H/RaOueBNE0ry\n"
 
 
 # --- helpers ------------------------------------------------------------------
@@ -42,12 +51,19 @@ def build_microservice(client, reference: str, *, version: str):
     return image
 
 
-def push(client, repository: str, tag: str) -> str:
+class PushRefused(AssertionError):
+    """The engine reported an error chunk for a push."""
+
+
+def push(client, repository: str, tag: str, *, auth_config: dict | None = None) -> str:
     """Push and return the manifest digest; a failed push arrives inside a 200 stream."""
     digest = None
-    for chunk in client.images.push(repository, tag=tag, stream=True, decode=True):
+    stream = client.images.push(
+        repository, tag=tag, stream=True, decode=True, auth_config=auth_config
+    )
+    for chunk in stream:
         if "error" in chunk:
-            raise AssertionError(f"push of {repository}:{tag} failed: {chunk['error']}")
+            raise PushRefused(f"push of {repository}:{tag} failed: {chunk['error']}")
         digest = chunk.get("aux", {}).get("Digest", digest)
     assert digest, f"the engine reported no digest for {repository}:{tag}"
     return digest
@@ -96,31 +112,39 @@ def sha256_file(path: Path) -> str:
 class RegistryProcess:
     """A `docker-registry serve` of our own, stopped by its pid."""
 
-    def __init__(self, address: str, storage: Path, workdir: Path):
+    def __init__(self, address: str, storage: Path, workdir: Path, *,
+                 tls: tuple[Path, Path] | None = None, htpasswd: Path | None = None):
         self.address = address
-        self.url = f"http://{address}"
+        self.url = f"{'https' if tls else 'http'}://{address}"
         name = address.replace(":", "_")
         self.config = workdir / f"registry-{name}.yml"
         self.log = workdir / f"registry-{name}.log"
-        self.config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: info\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {storage}\n"
-            "  delete:\n    enabled: true\n"
-            f"http:\n  addr: {address}\n"
-        )
+        config = {
+            "version": 0.1,
+            "log": {"level": "info"},
+            "storage": {"filesystem": {"rootdirectory": str(storage)},
+                        "delete": {"enabled": True}},
+            "http": {"addr": address},
+        }
+        if tls:
+            config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+        if htpasswd:
+            config["auth"] = {"htpasswd": {"realm": "slipway-test", "path": str(htpasswd)}}
+        self.config.write_text(json.dumps(config))  # JSON is YAML
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 ["docker-registry", "serve", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT,
             )
-        try:
-            get_json(self.url + "/v2/", timeout=15)
-        except AssertionError:
-            self.stop()
-            raise AssertionError(
-                f"registry on {address} did not start:\n{self.log_tail()}"
-            ) from None
+        host, port = address.rsplit(":", 1)
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 1):
+                break
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise AssertionError(f"registry on {address} did not start:\n{self.log_tail()}")
+            time.sleep(0.2)
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -132,6 +156,35 @@ class RegistryProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def make_certificates(ip: str, directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for `ip` signed by it: (ca.crt, server.crt, key)."""
+    now = datetime.datetime.now(datetime.UTC)
+    validity = {"not_valid_before": now - datetime.timedelta(minutes=5),
+                "not_valid_after": now + datetime.timedelta(days=1)}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Slipway test CA")])
+    ca = (x509.CertificateBuilder(**validity)
+          .subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (x509.CertificateBuilder(**validity)
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)]))
+              .issuer_name(ca_name)
+              .public_key(key.public_key()).serial_number(x509.random_serial_number())
+              .add_extension(x509.SubjectAlternativeName(
+                  [x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.crt", directory / "registry.crt", directory / "registry.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
 
 
 def interface_tx_bytes(interface: str) -> int:
@@ -320,3 +373,68 @@ def test_deleted_image_is_gone_and_garbage_collection_frees_its_blobs(
     )
     assert collected.returncode == 0, collected.stderr
     assert not any(blob.exists() for blob in blobs), "garbage-collect left blobs behind"
+
+
+def test_other_machine_pulls_over_tls_with_basic_auth(
+    docker_client, other_machine, unique_name, tmp_path, cleanup
+):
+    """With `http.tls` and `auth.htpasswd` (docs/registry.md), Slipway's engine pushes
+    with REGISTRY_USERNAME/REGISTRY_PASSWORD and another machine pulls with the CA
+    certificate and the same credentials; without either it is refused."""
+    _, images = cleanup
+    storage, certs, client_certs = (tmp_path / name for name in ("storage", "certs", "client"))
+    for directory in (storage, certs, client_certs):
+        directory.mkdir()
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(HTPASSWD)
+    address = other_machine.host_address
+    ca, certificate, key = make_certificates(address, certs)
+    (client_certs / "ca.crt").write_bytes(ca.read_bytes())  # /etc/docker/certs.d/HOST:PORT/
+
+    started = []
+    try:
+        # Docker trusts loopback without TLS, so the engine pushes there (with auth);
+        # the other machine sees the same storage over TLS on the veth address.
+        loopback = RegistryProcess(f"127.0.0.1:{free_port('127.0.0.1')}", storage, tmp_path,
+                                   htpasswd=htpasswd)
+        started.append(loopback)
+        secure = RegistryProcess(f"{address}:{free_port(address)}", storage, tmp_path,
+                                 tls=(certificate, key), htpasswd=htpasswd)
+        started.append(secure)
+
+        repository = f"{loopback.address}/{unique_name}"
+        built = build_microservice(docker_client, f"{repository}:4.0.0", version="4.0.0")
+        images.append(built.id)
+        with pytest.raises(PushRefused, match="(?i)basic auth|unauthorized"):
+            push(docker_client, repository, "4.0.0")
+        digest = push(docker_client, repository, "4.0.0",
+                      auth_config={"username": USERNAME, "password": PASSWORD})
+
+        source = f"docker://{secure.address}/{unique_name}:4.0.0"
+
+        def inspect(*options: str) -> subprocess.CompletedProcess[str]:
+            return other_machine.run(["skopeo", "--insecure-policy", "inspect", "--raw",
+                                      *options, source], check=False)
+
+        no_ca = inspect("--creds", f"{USERNAME}:{PASSWORD}")
+        assert no_ca.returncode != 0 and "unknown authority" in no_ca.stderr, no_ca.stderr
+        no_creds = inspect("--cert-dir", str(client_certs))
+        assert no_creds.returncode != 0 and "unauthorized" in no_creds.stderr.lower(), (
+            no_creds.stderr
+        )
+
+        fetched = tmp_path / "fetched"
+        copy = other_machine.run(
+            ["skopeo", "--insecure-policy", "copy", "--src-cert-dir", str(client_certs),
+             "--src-creds", f"{USERNAME}:{PASSWORD}", source, f"dir:{fetched}"],
+            timeout=120, check=False,
+        )
+        assert copy.returncode == 0, f"{copy.stderr}\nregistry log:\n{secure.log_tail()}"
+        manifest_bytes = (fetched / "manifest.json").read_bytes()
+        assert "sha256:" + hashlib.sha256(manifest_bytes).hexdigest() == digest
+        for blob in [json.loads(manifest_bytes)["config"], *json.loads(manifest_bytes)["layers"]]:
+            path = fetched / blob["digest"].removeprefix("sha256:")
+            assert sha256_file(path) == blob["digest"], f"{blob['digest']}: content does not match"
+    finally:
+        for process in started:
+            process.stop()
