@@ -90,3 +90,20 @@ def data_dir(tmp_path):
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def fake_github_server():
+    """One fake GitHub API (tests/fake_github.py) on a loopback port for the whole run."""
+    from tests.fake_github import start_fake_github
+
+    server = start_fake_github()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_github(fake_github_server):
+    """The fake GitHub with nothing installed or recorded; the App and its key are kept."""
+    fake_github_server.reset()
+    return fake_github_server
