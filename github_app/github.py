@@ -23,6 +23,7 @@ import base64
 import email.utils
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -55,6 +56,22 @@ JWT_LIFETIME = 540
 TOKEN_RENEW_MARGIN = 300
 CLOCK_SKEW_THRESHOLD = 30
 DOWNLOAD_CHUNK = 64 * 1024
+
+
+class _RedactQueryGrants(logging.Filter):
+    """Hide `?token=` grants in urllib3's debug lines: the archive redirect carries one."""
+
+    _GRANT = re.compile(r"([?&](?:token|access_token)=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = self._GRANT.sub(r"\1[REDACTED]", message), ()
+        return True
+
+
+# urllib3 logs each request line with its query at debug level; only its records pass here.
+logging.getLogger("urllib3.connectionpool").addFilter(_RedactQueryGrants())
 
 JWT_REFUSED = (
     "GitHub refused the App's JWT ({status}: {message}): check GITHUB_APP_ID and the private "
@@ -131,9 +148,9 @@ class _Session:
         else:
             # GitHubEnterprise appends /api/v3 itself; the root is chosen in `api_roots`.
             self.gh = github3.GitHubEnterprise(app._roots[0])
+        # github3's Accept (v3.full+json) stays: its objects read the `body_html` it brings.
         self.gh.session.headers.update(
             {
-                "Accept": "application/vnd.github+json",
                 "User-Agent": app._user_agent,
                 "X-GitHub-Api-Version": "2022-11-28",
             }
@@ -175,13 +192,6 @@ class _Session:
             reached = True
             try:
                 result = send()
-            except github3.exceptions.ResponseError as exc:
-                response = getattr(exc, "response", None)
-                if response is None:
-                    raise GitHubError(
-                        f"GitHub's answer to {method} {template} could not be read: {exc.msg}",
-                        status=None,
-                    ) from None
             except github3.exceptions.ConnectionError as exc:
                 response, reached = None, not _never_sent(exc.exception)
                 log.debug(
@@ -193,6 +203,15 @@ class _Session:
                     f"{type(exc.exception).__name__}",
                     status=None,
                 ) from None
+            except github3.exceptions.GitHubException as exc:
+                # ResponseError carries the response; IncompleteResponse & co. do not.
+                response = getattr(exc, "response", None)
+                if response is None:
+                    raise GitHubError(
+                        f"GitHub's answer to {method} {template} could not be read: "
+                        f"{getattr(exc, 'msg', exc)}",
+                        status=None,
+                    ) from None
             else:
                 if not isinstance(result, requests.Response):
                     log.debug("GitHub %s %s -> 200", method, template)
@@ -564,7 +583,7 @@ class InstallationClient:
             if location:
                 response.close()
                 # The location's query is a grant to the archive: log the host only.
-                where = f"GET {urlsplit(location).netloc} (archive)"
+                where = f"{urlsplit(location).netloc} (archive redirect)"
                 response = s.call(
                     "GET",
                     where,
