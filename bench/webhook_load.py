@@ -92,53 +92,106 @@ def delivery_headers(body: bytes, delivery_id: str) -> dict[str, str]:
 
 
 def create_standin_app():
-    """Verify + parse + decide + one SQLite INSERT, shaped like DESIGN.md's `POST /webhook`.
+    """A Flask view shaped like the lead's `POST /webhook`, on the modules that landed.
 
-    Only for developing the harness before `github_app.create_app` exists; the
-    table says which one ran (`--slipway-app`)."""
-    import sqlite3
+    `Delivery.from_http` (signature first), `decide` and `JobStore.enqueue` (one
+    INSERT) are Slipway's own; only this view and the app factory stand in for
+    `github_app.create_app` until it lands. The table says which one ran."""
+    import dataclasses as dc
     import threading
 
     from flask import Flask, jsonify, request
 
-    db_path = Path(os.environ["DATA_DIR"]) / "standin.db"
-    local = threading.local()
+    from github_app import webhooks
+    from github_app.errors import WebhookRejected
+    from github_app.jobs import JobStore
 
-    def connection() -> sqlite3.Connection:
-        if not hasattr(local, "db"):
-            local.db = sqlite3.connect(db_path, timeout=10)
-            local.db.execute("PRAGMA journal_mode=WAL")
-            local.db.execute(
-                "CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY,"
-                " delivery_id TEXT UNIQUE NOT NULL, repository TEXT, request TEXT)"
-            )
-        return local.db
+    # What-if knobs, to measure a fix before it goes into github_app/jobs.py:
+    # BENCH_SYNCHRONOUS=NORMAL (no fsync per commit in WAL mode) and
+    # BENCH_ENQUEUE_LOCK=1 (threads queue on a Python lock, not on SQLite's
+    # busy handler, which sleeps 1, 2, 5 ... 100 ms between retries).
+    synchronous = os.environ.get("BENCH_SYNCHRONOUS")
 
+    class Store(JobStore):
+        def _connect(self):
+            connection = super()._connect()
+            if synchronous:
+                connection.execute(f"PRAGMA synchronous = {synchronous}")
+            return connection
+
+    store = Store.from_data_dir(os.environ["DATA_DIR"])
+    enqueue_lock = threading.Lock() if os.environ.get("BENCH_ENQUEUE_LOCK") else None
+    group_commit = GroupCommit(store) if os.environ.get("BENCH_GROUP_COMMIT") else None
+    secrets_ = [os.environ["GITHUB_WEBHOOK_SECRET"]]
     app = Flask(__name__)
-    secret = os.environ["GITHUB_WEBHOOK_SECRET"].encode()
 
     @app.post("/webhook")
     def webhook():
-        body = request.get_data()
-        expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, request.headers.get("X-Hub-Signature-256", "")):
-            return jsonify(error="bad signature"), 401
-        payload = json.loads(body)
-        pr = payload["pull_request"]
-        if not (payload["action"] == "closed" and pr["merged"] and pr["base"]["ref"] == "develop"):
-            return jsonify(ignored="not a merge into develop"), 202
-        db = connection()
-        with db:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO jobs (delivery_id, repository, request) VALUES (?, ?, ?)",
-                (request.headers["X-GitHub-Delivery"], payload["repository"]["full_name"],
-                 json.dumps({"sha": pr["merge_commit_sha"]})),
-            )
-        if cursor.rowcount == 0:
-            return jsonify(duplicate=True), 200
-        return jsonify(job=cursor.lastrowid), 202
+        try:
+            delivery = webhooks.Delivery.from_http(request.headers, request.get_data(),
+                                                   secrets=secrets_)
+        except WebhookRejected as exc:
+            return jsonify(error=str(exc)), exc.status
+        decision = webhooks.decide(delivery, target_branch=TARGET_BRANCH, app_id="1")
+        if not isinstance(decision, webhooks.BuildRequest):
+            return jsonify(ignored=getattr(decision, "reason", "ping")), 202
+        job = dict(repository=delivery.repository or "", kind="merge",
+                   request=dc.asdict(decision))
+        if group_commit:
+            result = group_commit.enqueue(delivery.id, **job)
+        else:
+            with enqueue_lock or contextlib.nullcontext():
+                result = store.enqueue(delivery.id, **job)
+        if not result.created:
+            return jsonify(duplicate=result.job_id), 200
+        return jsonify(job=result.job_id), 202
 
     return app
+
+
+class GroupCommit:
+    """What-if BENCH_GROUP_COMMIT=1: one writer thread commits the waiting enqueues together.
+
+    Every request still waits for the fsync of the commit that holds its job
+    (synchronous=FULL keeps its promise), but one fsync covers a whole batch."""
+
+    def __init__(self, store, max_batch: int = 256):
+        import queue
+        import threading
+
+        self.store, self.max_batch = store, max_batch
+        self.pending: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._write_batches, daemon=True, name="group-commit").start()
+
+    def enqueue(self, delivery_id: str, **job):
+        from concurrent.futures import Future
+
+        done: Future = Future()
+        self.pending.put((delivery_id, job, done))
+        return done.result(timeout=30)
+
+    def _write_batches(self) -> None:
+        import queue
+
+        while True:
+            batch = [self.pending.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < self.max_batch:
+                    batch.append(self.pending.get_nowait())
+            connection = self.store._connection()  # this thread's, in autocommit mode
+            results = []
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                results = [self.store.enqueue(d, **job) for d, job, _ in batch]
+                connection.execute("COMMIT")
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    connection.execute("ROLLBACK")
+                for _, _, done in batch:
+                    done.set_exception(exc)
+                continue
+            for (_, _, done), result in zip(batch, results, strict=True):
+                done.set_result(result)
 
 
 # -- processes -----------------------------------------------------------------------------------
