@@ -33,27 +33,15 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import github3
-import jwt
 import requests
 import urllib3
 
 from github_app.errors import REPOSITORY, GitHubError, SourceError
 from github_app.retries import RetryPolicy, is_infrastructure_failure, rate_limit_wait
+from github_app.tokens import TokenCache, api_roots, app_jwt, enterprise_host_root
 
 log = logging.getLogger(__name__)
 
-GITHUB_COM_API = "https://api.github.com"
-ENTERPRISE_API_PATH = "/api/v3"
-# https://docs.github.com/en/apps/creating-github-apps/authenticating-with-a-github-app/generating-a-json-web-token-jwt-for-a-github-app
-# "iat: 60 seconds in the past to allow for clock drift"; "exp: no more than 10 minutes
-# into the future". exp = now + 540 keeps exp <= server_now + 600 as long as the server's
-# clock is at most 60 s behind ours, the same drift that iat - 60 tolerates; a server
-# ahead of us is accepted up to 540 s. Beyond that, the Date of GitHub's 401 corrects it.
-JWT_BACKDATE = 60
-JWT_LIFETIME = 540
-# Renew an installation token with less than this left, so that a build that outlives
-# the token (1 hour) still reports with a valid one.
-TOKEN_RENEW_MARGIN = 300
 CLOCK_SKEW_THRESHOLD = 30
 DOWNLOAD_CHUNK = 64 * 1024
 
@@ -77,38 +65,6 @@ JWT_REFUSED = (
     "GitHub refused the App's JWT ({status}: {message}): check GITHUB_APP_ID and the private "
     "key, and the machine's clock (JWT iat/exp)"
 )
-
-
-def jwt_claims(app_id: int | str, now: float) -> dict:
-    """The claims of the App's JWT at time `now` (seconds since the epoch)."""
-    issued = int(now) - JWT_BACKDATE
-    return {"iat": issued, "exp": int(now) + JWT_LIFETIME, "iss": str(app_id)}
-
-
-def app_jwt(app_id: int | str, private_key_pem: str | bytes, now: float) -> str:
-    """The App's JWT, signed RS256 with its private key."""
-    return jwt.encode(jwt_claims(app_id, now), private_key_pem, algorithm="RS256")
-
-
-def api_roots(api_url: str) -> tuple[str, list[str]]:
-    """The github3 flavour ("github" or "enterprise") and the candidate API roots of `api_url`.
-
-    `https://HOST/api/v3` and `https://HOST` both mean GitHub Enterprise Server's
-    `https://HOST/api/v3`, never `/api/v3/api/v3`. A bare host is ambiguous: it can
-    also be an API served at the root (GHE.com's `api.SUBDOMAIN.ghe.com`, a proxy, a
-    test server), so it yields two candidates, the root first; the first call settles it.
-    """
-    url = api_url.strip().rstrip("/")
-    parts = urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        raise ValueError(f"GITHUB_API_URL must be an http(s) URL, got {api_url!r}")
-    if url == GITHUB_COM_API:
-        return "github", [GITHUB_COM_API]
-    if parts.path.endswith(ENTERPRISE_API_PATH):
-        return "enterprise", [url]
-    if parts.path:
-        return "enterprise", [url]
-    return "enterprise", [url, url + ENTERPRISE_API_PATH]
 
 
 class _HeaderAuth(requests.auth.AuthBase):
@@ -146,8 +102,10 @@ class _Session:
         if app._flavour == "github":
             self.gh = github3.GitHub()
         else:
-            # GitHubEnterprise appends /api/v3 itself; the root is chosen in `api_roots`.
-            self.gh = github3.GitHubEnterprise(app._roots[0])
+            # GitHubEnterprise appends /api/v3 itself; every URL names its root anyway
+            # (`url`), as a bare host's root is settled by the first call.
+            self.gh = github3.GitHubEnterprise(enterprise_host_root(app._roots[0]))
+            self.gh.session.base_url = app._roots[0]
         # github3's Accept (v3.full+json) stays: its objects read the `body_html` it brings.
         self.gh.session.headers.update(
             {
@@ -324,8 +282,7 @@ class GitHubApp:
         self._root_settled = len(self._roots) == 1
         # Server clock minus ours, learnt from the Date of a 401 on the JWT.
         self._skew = 0.0
-        self._tokens: dict[int, tuple[str, float]] = {}
-        self._token_locks: dict[int, threading.Lock] = {}
+        self._tokens = TokenCache(self._create_token, clock)
         self._clients: dict[int, InstallationClient] = {}
         self._guard = threading.Lock()
         self._session = _Session(self, _HeaderAuth("Bearer", self.jwt), who="app")
@@ -357,27 +314,7 @@ class GitHubApp:
         One request per installation at a time: concurrent callers wait for it and
         share its token.
         """
-        installation_id = int(installation_id)
-        cached = self._fresh_token(installation_id)
-        if cached:
-            return cached
-        with self._lock_for(installation_id):
-            cached = self._fresh_token(installation_id)
-            if cached:
-                return cached
-            token = self._create_token(installation_id)
-            self._tokens[installation_id] = token
-            return token
-
-    def _fresh_token(self, installation_id: int) -> tuple[str, float] | None:
-        token = self._tokens.get(installation_id)
-        if token and token[1] - self._clock() >= TOKEN_RENEW_MARGIN:
-            return token
-        return None
-
-    def _lock_for(self, installation_id: int) -> threading.Lock:
-        with self._guard:
-            return self._token_locks.setdefault(installation_id, threading.Lock())
+        return self._tokens.get(int(installation_id))
 
     def _create_token(self, installation_id: int) -> tuple[str, float]:
         template = "/app/installations/{installation_id}/access_tokens"

@@ -13,8 +13,9 @@ import pytest
 from fake_github import FakeGitHub
 
 from github_app.errors import INFRASTRUCTURE, REPOSITORY, GitHubError, SourceError
-from github_app.github import GitHubApp, api_roots, app_jwt, jwt_claims
+from github_app.github import GitHubApp
 from github_app.retries import RetryPolicy
+from github_app.tokens import TokenCache, api_roots, app_jwt, jwt_claims
 
 OWNER, REPO = "octocat", "Hello-World"
 SLIPWAY_YML = b"services:\n  - name: orders\n    context: services/orders\n"
@@ -59,6 +60,25 @@ def test_app_jwt_is_rs256_signed_with_the_private_key():
 def test_api_roots_never_double_api_v3(url, flavour, roots):
     """A GHES URL with or without /api/v3 means HOST/api/v3; a bare host is tried as is first."""
     assert api_roots(url) == (flavour, roots)
+
+
+def test_token_cache_fetches_once_and_renews_inside_the_margin():
+    """A cached token is reused until fewer than 300 s are left; then it is fetched again."""
+    now = [1000.0]
+    fetched = []
+
+    def fetch(installation_id):
+        fetched.append(installation_id)
+        return f"token-{len(fetched)}", now[0] + 3600
+
+    cache = TokenCache(fetch, lambda: now[0])
+    assert cache.get(1)[0] == cache.get(1)[0] == "token-1"
+    now[0] += 3600 - 300
+    assert cache.get(1)[0] == "token-1"  # exactly 300 s left: still good
+    now[0] += 1
+    assert cache.get(1)[0] == "token-2"
+    assert cache.get(2)[0] == "token-3"  # another installation has its own token
+    assert "token" not in repr(cache).replace("TokenCache", "")
 
 
 # -- against the fake ------------------------------------------------------------------------
