@@ -1,0 +1,308 @@
+"""End to end: a signed webhook over real HTTP, the worker, the real Docker
+engine and registry, and the check runs and statuses the fake GitHub accepted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from builder import registry as registry_api
+from github_app.jobs import BuildState, JobState
+from tests.slipway_harness import SECRET, TINY_DOCKERFILE, Harness
+
+pytestmark = pytest.mark.docker
+
+APP = b"print('hello from the service')\n"
+
+
+@pytest.fixture
+def harness(fake_github, registry, data_dir):
+    h = Harness(fake_github, registry.address, data_dir)
+    yield h
+    h.close()
+    assert fake_github.rejections == [], "the fake GitHub refused a request Slipway sent"
+
+
+def tiny_repo(harness, **files):
+    return harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP, **files})
+
+
+def only(items):
+    assert len(items) == 1, items
+    return items[0]
+
+
+def test_merged_pull_request_with_version_label_is_pushed_and_reported(harness, registry):
+    """A merge labelled version:1.2.3 lands in the registry and its check run carries the digest."""
+    repo = tiny_repo(harness)
+    answer = harness.deliver("pull_request", repo.merged(labels=["version:1.2.3"]))
+    assert answer.status_code == 202, answer.text
+    harness.run_worker()
+
+    assert registry.tags(repo.name) == ["1.2.3"]
+    digest = registry.manifest_digest(repo.name, "1.2.3")
+    run = only(harness.final_check_runs(repo))
+    assert run["name"] == "docker build"
+    assert run["status"] == "completed" and run["conclusion"] == "success"
+    assert f"{registry.address}/{repo.name}:1.2.3@{digest}" in run["output"]["summary"]
+    assert run["details_url"].startswith("http://slipway.example/builds/")
+    history = harness.fake.check_run_history(run["id"])
+    assert history[0]["status"] == "in_progress"
+    states = [s["state"] for s in harness.statuses(repo)]
+    assert states == ["pending", "success"]
+    labels = registry_api.image_labels(registry.address, repo.name, "1.2.3")
+    assert labels["org.opencontainers.image.revision"] == repo.merge_sha
+    build = only(harness.store.recent_builds(repository=repo.full_name))
+    assert build.state is BuildState.SUCCEEDED and build.digest == digest and build.reported
+
+
+def test_version_from_the_title(harness, registry):
+    """Without a label, `[v1.4.0] add orders endpoint` publishes 1.4.0."""
+    repo = tiny_repo(harness)
+    harness.deliver("pull_request", repo.merged(title="[v1.4.0] add orders endpoint"))
+    harness.run_worker()
+    assert registry.tags(repo.name) == ["1.4.0"]
+    assert only(harness.final_check_runs(repo))["conclusion"] == "success"
+
+
+def test_semver_minor_bumps_the_highest_published_version(harness, registry):
+    """semver:minor on a service whose registry holds 1.3.2 publishes 1.4.0."""
+    repo = tiny_repo(harness)
+    harness.deliver("pull_request", repo.merged(labels=["version:1.3.2"]))
+    harness.run_worker()
+    second = harness.fake.add_commit(repo.owner, repo.name, {"app.py": b"print(2)\n"})
+    repo.merge_sha = second
+    harness.deliver("pull_request", repo.merged(labels=["semver:minor"], title="More"))
+    harness.run_worker()
+    assert sorted(registry.tags(repo.name)) == ["1.3.2", "1.4.0"]
+    summary = harness.fake.check_runs[max(harness.fake.check_runs)]["output"]["summary"]
+    assert "1.4.0" in summary and "semver:minor" in summary
+
+
+def test_no_version_fails_with_instructions(harness, registry):
+    """A merge without any version fails its check run, saying how to give one, and pushes nothing."""
+    repo = tiny_repo(harness)
+    harness.deliver("pull_request", repo.merged(title="Fix typo"))
+    harness.run_worker()
+    run = only(harness.final_check_runs(repo))
+    assert run["conclusion"] == "failure"
+    assert "version:1.4.0" in run["output"]["summary"]
+    assert "semver:patch" in run["output"]["summary"]
+    assert registry.tags(repo.name) == []
+    assert harness.statuses(repo)[-1]["state"] == "failure"
+
+
+def test_broken_dockerfile_fails_with_the_build_log(harness, registry):
+    """A failing RUN step fails the check run; the step and its output are in the report."""
+    broken = TINY_DOCKERFILE.replace(
+        "RUN python3 -c \"print('compiled', 1 + 1)\"",
+        "RUN echo 'about to fail: no such module' && python3 -c 'import no_such_module'",
+    )
+    repo = harness.repository({"Dockerfile": broken, "app.py": APP})
+    harness.deliver("pull_request", repo.merged(labels=["version:0.1.0"]))
+    harness.run_worker()
+    run = only(harness.final_check_runs(repo))
+    assert run["conclusion"] == "failure"
+    assert "build step" in run["output"]["title"] or "build step" in run["output"]["summary"]
+    assert "no_such_module" in run["output"]["text"]
+    assert harness.statuses(repo)[-1]["state"] == "failure"
+    assert registry.tags(repo.name) == []
+
+
+@pytest.mark.parametrize(
+    ("payload_change", "event"),
+    [
+        ({"merged": False}, "pull_request"),
+        ({"base_ref": "main"}, "pull_request"),
+    ],
+)
+def test_unmerged_or_other_branch_builds_nothing(harness, registry, payload_change, event):
+    """A PR closed without merge, or merged into another branch, is ignored: no job, no check."""
+    repo = tiny_repo(harness)
+    answer = harness.deliver(event, repo.merged(labels=["version:1.0.0"], **payload_change))
+    assert answer.status_code == 202 and "ignored" in answer.json()
+    harness.run_worker()
+    assert harness.final_check_runs(repo) == []
+    assert registry.tags(repo.name) == []
+
+
+def test_bad_signature_is_refused_and_nothing_is_recorded(harness):
+    """A delivery with a wrong signature answers 401 and leaves no job behind."""
+    repo = tiny_repo(harness)
+    answer = harness.deliver("pull_request", repo.merged(labels=["version:1.0.0"]),
+                             secret="not the secret")
+    assert answer.status_code == 401
+    assert harness.store.queue_depth() == 0
+    assert harness.store.recent_builds() == []
+
+
+def test_same_delivery_twice_builds_once(harness, registry):
+    """A redelivered webhook (same X-GitHub-Delivery) is answered duplicate and built once."""
+    repo = tiny_repo(harness)
+    payload = repo.merged(labels=["version:2.0.0"])
+    first = harness.deliver("pull_request", payload, delivery_id="e2e-dup")
+    second = harness.deliver("pull_request", payload, delivery_id="e2e-dup")
+    assert (first.status_code, second.status_code) == (202, 200)
+    harness.run_worker()
+    assert len(harness.final_check_runs(repo)) == 1
+    assert len(harness.store.recent_builds(repository=repo.full_name)) == 1
+
+
+def test_two_services_get_a_check_run_and_an_image_each(harness, registry):
+    """`.github/slipway.yml` with two services builds two images and opens two named checks."""
+    config = (
+        "services:\n"
+        "  - name: {a}\n    context: services/orders\n"
+        "  - name: {b}\n    context: services/billing\n    dockerfile: build/Dockerfile\n"
+    )
+    a, b = f"orders-{os.getpid()}-{time.time_ns() % 10**6}", f"billing-{time.time_ns() % 10**6}"
+    files = {
+        ".github/slipway.yml": config.format(a=a, b=b),
+        "services/orders/Dockerfile": TINY_DOCKERFILE,
+        "services/orders/app.py": APP,
+        "services/billing/build/Dockerfile": TINY_DOCKERFILE.replace("COPY app.py",
+                                                                     "COPY src/app.py"),
+        "services/billing/src/app.py": APP,
+    }
+    repo = harness.repository(files)
+    harness.deliver("pull_request", repo.merged(labels=["version:3.1.0"]))
+    harness.run_worker()
+    runs = {run["name"]: run for run in harness.final_check_runs(repo)}
+    assert set(runs) == {f"docker build: {a}", f"docker build: {b}"}
+    assert all(run["conclusion"] == "success" for run in runs.values())
+    assert registry.tags(a) == ["3.1.0"] and registry.tags(b) == ["3.1.0"]
+    contexts = {s["context"] for s in harness.statuses(repo)}
+    assert contexts == {f"slipway/docker: {a}", f"slipway/docker: {b}"}
+
+
+def test_github_502_then_200_is_retried(harness, registry):
+    """GitHub answering 502 to the check-run call is retried and the build is still reported."""
+    repo = tiny_repo(harness)
+    harness.fake.fail_next("POST", r"/check-runs$", 502, times=1)
+    harness.fake.fail_next("PATCH", r"/check-runs/\d+$", 502, times=2)
+    harness.deliver("pull_request", repo.merged(labels=["version:1.0.1"]))
+    harness.run_worker()
+    run = only(harness.final_check_runs(repo))
+    assert run["conclusion"] == "success"
+    injected = [r for r in harness.fake.requests if r.injected]
+    assert len(injected) == 3
+
+
+def test_a_version_published_from_another_commit_is_refused(harness, registry):
+    """Versions are immutable: 1.0.0 from another commit fails and names the commit that owns it."""
+    repo = tiny_repo(harness)
+    harness.deliver("pull_request", repo.merged(labels=["version:1.0.0"]))
+    harness.run_worker()
+    first_merge = repo.merge_sha
+    digest = registry.manifest_digest(repo.name, "1.0.0")
+    repo.merge_sha = harness.fake.add_commit(repo.owner, repo.name, {"app.py": b"print(3)\n"})
+    harness.deliver("pull_request", repo.merged(labels=["version:1.0.0"], title="Again"))
+    harness.run_worker()
+    last = harness.fake.check_runs[max(harness.fake.check_runs)]
+    assert last["conclusion"] == "failure"
+    assert first_merge[:12] in last["output"]["summary"]
+    assert registry.manifest_digest(repo.name, "1.0.0") == digest
+
+
+def test_rerun_of_the_check_run_builds_again(harness, registry):
+    """"Re-run" on the check run (check_run rerequested) rebuilds the same merge and version."""
+    from tests.payloads import load_event
+
+    repo = tiny_repo(harness)
+    harness.deliver("pull_request", repo.merged(labels=["semver:patch"]))
+    harness.run_worker()
+    run = only(harness.final_check_runs(repo))
+    assert registry.tags(repo.name) == ["0.0.1"]
+    event = load_event("check_run", "rerequested")
+    event["check_run"].update(id=run["id"], head_sha=repo.head_sha, external_id=run["external_id"],
+                              name=run["name"])
+    event["check_run"]["app"]["id"] = harness.fake.app_id
+    event["installation"] = {"id": repo.installation_id, "node_id": "x"}
+    event["repository"]["name"], event["repository"]["full_name"] = repo.name, repo.full_name
+    event["repository"]["owner"]["login"] = repo.owner
+    answer = harness.deliver("check_run", event)
+    assert answer.status_code == 202, answer.text
+    harness.run_worker()
+    assert registry.tags(repo.name) == ["0.0.1"]  # the same version, not a second bump
+    builds = harness.store.recent_builds(repository=repo.full_name)
+    assert len(builds) == 2 and all(b.state is BuildState.SUCCEEDED for b in builds)
+
+
+def test_killed_during_a_build_the_check_run_completes_after_restart(
+    fake_github, registry, data_dir, tmp_path
+):
+    """A worker process killed mid-build leaves the job; the next start finishes its check run."""
+    harness = Harness(fake_github, registry.address, data_dir)
+    try:
+        slow = TINY_DOCKERFILE.replace(
+            "RUN python3 -c \"print('compiled', 1 + 1)\"",
+            "RUN echo building-slowly && sleep 8 && echo done",
+        )
+        repo = harness.repository({"Dockerfile": slow, "app.py": APP})
+        harness.deliver("pull_request", repo.merged(labels=["version:4.0.0"]))
+        key = tmp_path / "app.pem"
+        key.write_bytes(fake_github.private_key_pem)
+        env = {
+            **os.environ,
+            "GITHUB_APP_ID": str(fake_github.app_id),
+            "GITHUB_PRIVATE_KEY_PATH": str(key),
+            "GITHUB_WEBHOOK_SECRET": SECRET,
+            "GITHUB_API_URL": fake_github.url,
+            "REGISTRY": registry.address,
+            "DATA_DIR": str(data_dir),
+            "BUILD_NETWORK": "host",
+            "PUBLIC_URL": "http://slipway.example",
+        }
+        worker = subprocess.Popen([sys.executable, "-m", "github_app", "worker"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                runs = harness.final_check_runs(repo)
+                if runs and runs[0]["status"] == "in_progress":
+                    break
+                time.sleep(0.2)
+            else:
+                pytest.fail("the worker never opened the check run")
+            time.sleep(1.5)  # inside the slow RUN step
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+        assert harness.store.job_counts()[JobState.RUNNING] == 1
+        assert only(harness.final_check_runs(repo))["status"] == "in_progress"
+
+        # What `serve` does at start-up: the previous life's running jobs go back in the queue.
+        assert harness.store.requeue_interrupted(force=True)
+        harness.run_worker()
+        run = only(harness.final_check_runs(repo))
+        assert run["status"] == "completed" and run["conclusion"] == "success"
+        assert registry.tags(repo.name) == ["4.0.0"]
+    finally:
+        harness.close()
+
+
+def test_registry_down_is_an_infrastructure_error(fake_github, registry, data_dir):
+    """With the registry unreachable the check run fails and the status says `error`, not `failure`."""
+    harness = Harness(fake_github, "127.0.0.1:9", data_dir)
+    try:
+        repo = tiny_repo(harness)
+        harness.deliver("pull_request", repo.merged(labels=["version:1.0.0"]))
+        harness.run_worker()
+        run = only(harness.final_check_runs(repo))
+        assert run["conclusion"] == "failure"
+        assert "infrastructure" in run["output"]["summary"]
+        assert harness.statuses(repo)[-1]["state"] == "error"
+    finally:
+        harness.close()
+
+
+def test_healthz_answers_over_real_http(harness):
+    """The running app reports its store and the Docker engine as healthy."""
+    answer = requests.get(f"{harness.url}/healthz", timeout=10)
+    assert answer.status_code == 200, answer.text
