@@ -60,12 +60,14 @@ def text_width(text: str) -> float:
 def badge_for(latest_state: str | None, latest_version: str | None) -> tuple[str, str]:
     """The message and colour for the latest finished build of a repository.
 
-    success: its version in green; failure (or error: no image was published): "failing"
-    in red; no build yet (or anything else): "unknown" in grey.
+    Success: its version in green; failure (or error: no image was published): "failing"
+    in red; no build yet (or anything else): "unknown" in grey. Both the commit-status
+    words (success, failure, error) and the job store's (succeeded, failed, errored) count.
     """
-    if latest_state == "success":
+    state = str(latest_state) if latest_state is not None else None
+    if state in ("success", "succeeded"):
         return (latest_version or "passing", GREEN)
-    if latest_state in ("failure", "error"):
+    if state in ("failure", "failed", "error", "errored"):
         return ("failing", RED)
     return ("unknown", GREY)
 

@@ -193,6 +193,16 @@ class Failure:
         return KINDS[self.kind].what
 
     @property
+    def todo(self) -> str:
+        """What the user should do; generic when the error's blame overrides its kind's."""
+        info = KINDS[self.kind]
+        if self.cause is info.cause:
+            return info.todo
+        if self.cause is Cause.REPOSITORY:
+            return f"Change what the message above says: {_NEW_PR}."
+        return f"Nothing to change in the repository: {_CHOOSE_RERUN} once it is fixed."
+
+    @property
     def status_state(self) -> str:
         """The commit status: `failure` for a repository cause, `error` for infrastructure."""
         return "failure" if self.cause is Cause.REPOSITORY else "error"
@@ -288,7 +298,6 @@ def check_run_failed(
 
     The text holds the tail of the build log in a code block, trimmed to GitHub's limit.
     """
-    info = KINDS[failure.kind]
     if failure.cause is Cause.REPOSITORY:
         where = "**in the repository**: this commit or pull request needs a change."
     else:
@@ -302,7 +311,7 @@ def check_run_failed(
         "",
         failure.message,
         "",
-        f"**What to do:** {info.todo}",
+        f"**What to do:** {failure.todo}",
         "",
     ]
     if version is not None:

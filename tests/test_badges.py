@@ -30,6 +30,10 @@ def parse(svg: str) -> ET.Element:
         ("success", "1.4.0", ("1.4.0", GREEN)),
         ("failure", "1.4.0", ("failing", RED)),
         ("error", None, ("failing", RED)),
+        ("succeeded", "2.0.0", ("2.0.0", GREEN)),
+        ("failed", None, ("failing", RED)),
+        ("errored", None, ("failing", RED)),
+        ("running", None, ("unknown", GREY)),
         (None, None, ("unknown", GREY)),
     ],
 )

@@ -287,3 +287,15 @@ def test_timestamps_are_utc_with_z():
     paris = timezone(timedelta(hours=2))
     assert iso8601(datetime(2024, 5, 4, 3, 0, 0, tzinfo=paris)) == "2024-05-04T01:00:00Z"
     assert iso8601(datetime(2024, 5, 4, 3, 0, 0)) == "2024-05-04T03:00:00Z"
+
+
+def test_an_errors_blame_overrides_its_kind():
+    """A GitHub refusal blamed on the repository (archive too large) is a `failure`."""
+    error = errors.SourceError("The source archive is larger than 2048 MiB.")
+    error.blame = "repository"
+    failure = Failure.from_error(error)
+    assert (failure.kind, failure.cause, failure.status_state) == (
+        FailureKind.SOURCE, Cause.REPOSITORY, "failure")
+    summary = check_run_failed(failure=failure, completed_at=NOW, details_url=DETAILS)[
+        "output"]["summary"]
+    assert "in the repository" in summary and "new pull request" in summary
