@@ -1,0 +1,304 @@
+"""Create the GitHub App from its manifest, as Probot does, and use it without a restart.
+
+- `GET /setup`: while Slipway has no App credentials, a page whose button posts
+  the manifest (webhook, redirect and home URLs filled from PUBLIC_URL) to
+  GitHub's "new App" page, for the user or for an organization (`?org=`).
+  Once the App exists it says so and links to it.
+- `GET /setup/callback?code=&state=`: GitHub's redirect after the App is
+  created. The `state` must equal the one this browser was given (a cookie):
+  otherwise 400. The one-time `code` is exchanged through
+  `POST {api}/app-manifests/{code}/conversions` for the App's id, key and
+  webhook secret, which `credentials.save` stores in DATA_DIR (0600); the
+  running app's `Runtime.config` is replaced and `runtime.extras["on_credentials"]`
+  (when set) is called with the new `Config`, so the worker can start.
+
+Every request of an app without credentials first looks for a stored file, so
+other processes serving the same DATA_DIR pick the App up too.
+https://docs.github.com/en/apps/sharing-github-apps/registering-a-github-app-from-a-manifest
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import secrets
+import threading
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import requests
+from flask import Blueprint, Response, g, render_template, request
+
+from . import credentials
+from .errors import ConfigError, GitHubError
+from .pages import github_web_url
+from .runtime import current_runtime
+
+log = logging.getLogger(__name__)
+bp = Blueprint("setup", __name__, template_folder="templates")
+
+DEFAULT_APP_NAME = "Slipway"
+DESCRIPTION = (
+    "Builds a versioned Docker image of every pull request merged into the target branch "
+    "and reports it as a check run, a commit status and a badge."
+)
+# DESIGN.md "Permissions and events". `installation` and `installation_repositories`
+# are delivered to every App without subscribing, and GitHub's App settings offer
+# no box for them, so the manifest does not list them.
+PERMISSIONS = {
+    "checks": "write",
+    "statuses": "write",
+    "contents": "read",
+    "pull_requests": "read",
+    "metadata": "read",
+}
+EVENTS = ("pull_request", "check_run", "check_suite")
+STATE_COOKIE = "slipway_setup_state"
+# GitHub's manifest codes expire after an hour; the state lives as long.
+STATE_MAX_AGE = 3600
+CONVERSION_TIMEOUT = 15
+_ORG = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
+_APP_NAME_MAX = 34  # GitHub's limit on an App's name
+_lock = threading.Lock()
+
+
+# -- pure ---------------------------------------------------------------------
+
+
+def app_manifest(public_url: str, *, name: str = DEFAULT_APP_NAME) -> dict:
+    """The App manifest with Slipway's URLs under `public_url` (app-manifest.json, filled)."""
+    base = public_url.rstrip("/")
+    return {
+        "name": name,
+        "url": base,
+        "description": DESCRIPTION,
+        "hook_attributes": {"url": f"{base}/webhook", "active": True},
+        "redirect_url": f"{base}/setup/callback",
+        "public": False,
+        "default_permissions": dict(PERMISSIONS),
+        "default_events": list(EVENTS),
+    }
+
+
+def new_app_url(api_url: str, *, state: str, org: str | None = None) -> str:
+    """GitHub's page that registers an App from a posted manifest, for a user or an org."""
+    web = github_web_url(api_url)
+    path = f"/organizations/{org}/settings/apps/new" if org else "/settings/apps/new"
+    return f"{web}{path}?{urlencode({'state': state})}"
+
+
+def install_url(html_url: str) -> str:
+    """The page where the App is installed on repositories."""
+    return f"{html_url.rstrip('/')}/installations/new"
+
+
+def is_reachable_by_github(public_url: str) -> bool:
+    """False for loopback and unqualified host names, which GitHub cannot deliver to."""
+    host = (urlsplit(public_url).hostname or "").lower()
+    return not (host in ("localhost", "0.0.0.0", "::1") or host.startswith("127.")
+                or "." not in host and ":" not in host)
+
+
+def states_match(expected: str | None, given: str | None) -> bool:
+    """The callback's `state` equals the one handed to this browser (constant time)."""
+    return bool(expected and given) and hmac.compare_digest(expected, given)
+
+
+# -- GitHub -------------------------------------------------------------------
+
+
+def exchange_code(api_url: str, code: str, *, timeout: float = CONVERSION_TIMEOUT) -> dict:
+    """`POST /app-manifests/{code}/conversions` (no authentication): the new App and its secrets.
+
+    Raises `GitHubError` whose message says what to do; `.status` is GitHub's
+    answer, None when GitHub could not be reached.
+    """
+    url = f"{api_url.rstrip('/')}/app-manifests/{requests.utils.quote(code, safe='')}/conversions"
+    try:
+        response = requests.post(
+            url,
+            headers={"Accept": "application/vnd.github+json",
+                     "X-GitHub-Api-Version": "2022-11-28",
+                     "User-Agent": "Slipway-setup"},
+            timeout=timeout,
+        )
+    except requests.RequestException as exc:
+        raise GitHubError(
+            f"GitHub could not be reached at {api_url} ({type(exc).__name__}): check "
+            "GITHUB_API_URL and this machine's network, then open /setup and try again."
+        ) from None
+    if response.status_code in (404, 422):
+        raise GitHubError(
+            "GitHub does not accept this setup code: a code works once and expires after an "
+            "hour. If the App was created on GitHub, delete it (Settings > Developer settings > "
+            "GitHub Apps) or set its credentials by hand; then open /setup and create it again.",
+            status=response.status_code,
+        )
+    if response.status_code != 201:
+        raise GitHubError(
+            f"GitHub answered {response.status_code} to the manifest conversion: open /setup "
+            "and try again in a minute.",
+            status=response.status_code,
+        )
+    try:
+        conversion = response.json()
+    except ValueError:
+        conversion = None
+    if not isinstance(conversion, dict):
+        raise GitHubError("GitHub's answer to the manifest conversion is not JSON.",
+                          status=response.status_code)
+    return conversion
+
+
+# -- the running app ------------------------------------------------------------
+
+
+def adopt_credentials(runtime: Any, stored: dict) -> bool:
+    """Make `runtime` use the stored App; call `on_credentials`. False when it already had one."""
+    with _lock:
+        config = runtime.config
+        if config.has_app_credentials:
+            return False
+        updated = credentials.apply(config, stored)
+        if not updated.has_app_credentials:
+            return False
+        runtime.config = updated
+        runtime.extras["app"] = credentials.public_view(stored)
+    log.info("GitHub App %s (id %s) is set up; webhooks are accepted from now on",
+             stored.get("slug"), stored.get("id"))
+    on_credentials = runtime.extras.get("on_credentials")
+    if on_credentials is not None:
+        on_credentials(updated)
+    return True
+
+
+@bp.before_app_request
+def _pick_up_stored_credentials() -> None:
+    # Another process (or an earlier run) may have finished the setup: one stat
+    # per request, and only while this app has no App credentials.
+    runtime = current_runtime()
+    config = runtime.config
+    if config.has_app_credentials or config.app_id or config.private_key or config.webhook_secret:
+        return
+    try:
+        stored = credentials.load(config.data_dir)
+    except ConfigError as exc:
+        log.warning("stored App credentials not used: %s", exc)
+        return
+    if stored is not None:
+        adopt_credentials(runtime, stored)
+
+
+# -- views --------------------------------------------------------------------
+
+
+@bp.before_request
+def _set_nonce() -> None:
+    g.csp_nonce = secrets.token_urlsafe(16)
+
+
+@bp.after_request
+def _security_headers(response: Response) -> Response:
+    nonce = g.get("csp_nonce", "")
+    web = github_web_url(current_runtime().config.api_url)
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
+        f"form-action 'self' {web}; base-uri 'none'; frame-ancestors 'none'"
+    )
+    # The callback's URL holds the one-time code: no page it links to learns it.
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.get("/setup")
+def show_setup():
+    runtime = current_runtime()
+    config = runtime.config
+    if config.has_app_credentials:
+        return _done_page(runtime, just_created=False)
+    org = (request.args.get("org") or "").strip() or None
+    if org is not None and not _ORG.fullmatch(org):
+        return _error_page(400, "Not an organization name",
+                           f"{org!r} is not a GitHub organization login (letters, digits and "
+                           "hyphens, at most 39).")
+    name = (request.args.get("name") or "").strip()[:_APP_NAME_MAX] or DEFAULT_APP_NAME
+    state = secrets.token_urlsafe(32)
+    response = Response(render_template(
+        "setup.html",
+        action=new_app_url(config.api_url, state=state, org=org),
+        manifest=app_manifest(config.public_url, name=name),
+        org=org,
+        name=name,
+        public_url=config.public_url,
+        reachable=is_reachable_by_github(config.public_url),
+        github=github_web_url(config.api_url),
+    ))
+    response.set_cookie(
+        STATE_COOKIE, state, max_age=STATE_MAX_AGE, path="/setup", httponly=True,
+        samesite="Lax", secure=config.public_url.startswith("https://"),
+    )
+    return response
+
+
+@bp.get("/setup/callback")
+def finish_setup():
+    runtime = current_runtime()
+    config = runtime.config
+    if config.has_app_credentials:
+        # A reload of the callback, or a second tab: the App exists, nothing to exchange.
+        return _done_page(runtime, just_created=False)
+    if not states_match(request.cookies.get(STATE_COOKIE), request.args.get("state")):
+        return _error_page(
+            400, "This setup link is not from this browser",
+            "The state in GitHub's redirect does not match the one this browser was given, "
+            "so the code was not used. Open /setup in this browser and click the button "
+            "again.")
+    code = (request.args.get("code") or "").strip()
+    if not code:
+        return _error_page(400, "No setup code",
+                           "GitHub's redirect carries a code; this request has none. Open "
+                           "/setup and click the button again.")
+    try:
+        conversion = exchange_code(config.api_url, code)
+        stored = credentials.save(config.data_dir, conversion)
+    except GitHubError as exc:
+        log.warning("manifest conversion failed: %s", exc)
+        status = 400 if exc.status in (404, 422) else 502
+        return _error_page(status, "GitHub did not hand over the App", str(exc))
+    except credentials.CredentialsExist:
+        stored = credentials.load(config.data_dir)
+    except ConfigError as exc:
+        return _error_page(502, "GitHub's answer is not usable", str(exc))
+    log.info("GitHub App %s (id %s) created from the manifest; credentials stored in %s",
+             stored.get("slug"), stored.get("id"), credentials.credentials_path(config.data_dir))
+    adopt_credentials(runtime, stored)
+    response = _done_page(runtime, just_created=True)
+    response.delete_cookie(STATE_COOKIE, path="/setup")
+    return response
+
+
+def _done_page(runtime: Any, *, just_created: bool) -> Response:
+    app = runtime.extras.get("app")
+    if app is None:
+        try:
+            stored = credentials.load(runtime.config.data_dir)
+        except ConfigError:
+            stored = None
+        app = credentials.public_view(stored) if stored else {"id": runtime.config.app_id}
+    html_url = app.get("html_url")
+    return Response(render_template(
+        "setup_done.html",
+        app=app,
+        just_created=just_created,
+        install=install_url(html_url) if html_url else None,
+        public_url=runtime.config.public_url,
+    ))
+
+
+def _error_page(status: int, title: str, message: str) -> Response:
+    response = Response(render_template("setup_error.html", title=title, message=message))
+    response.status_code = status
+    return response

@@ -1,0 +1,348 @@
+"""App setup from the manifest: /setup posts it to GitHub, /setup/callback exchanges the code
+against the fake GitHub's conversion endpoint, and the running app uses the new App at once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from payloads import load_event, to_body, webhook_headers
+
+from github_app import create_app, credentials, setup
+from github_app.config import Config
+from github_app.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLIC_URL = "https://slipway.example.org"
+
+
+class FormReader(HTMLParser):
+    """The forms of a page: action, method and inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.forms: list[dict] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form":
+            self.forms.append({"action": attrs.get("action"), "method": attrs.get("method"),
+                               "inputs": {}})
+        elif tag == "input" and self.forms:
+            self.forms[-1]["inputs"][attrs.get("name")] = attrs.get("value")
+        elif tag == "a" and attrs.get("href"):
+            self.links.append(attrs["href"])
+
+
+def read_page(response) -> FormReader:
+    reader = FormReader()
+    reader.feed(response.get_data(as_text=True))
+    return reader
+
+
+def manifest_form(response) -> dict:
+    (form,) = [f for f in read_page(response).forms if f["method"] == "post"]
+    return form
+
+
+def make_app(data_dir: Path, api_url: str = "https://api.github.com", **config):
+    app = create_app(
+        Config(api_url=api_url, public_url=PUBLIC_URL, data_dir=data_dir, **config),
+        engine_ping=lambda: None,
+    )
+    if "setup" not in app.blueprints:  # until create_app registers it
+        app.register_blueprint(setup.bp)
+    return app
+
+
+@pytest.fixture
+def app(data_dir, fake_github):
+    return make_app(data_dir, fake_github.url)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def start_setup(client, query: str = "") -> str:
+    """Open /setup as a browser would; return the state GitHub will send back."""
+    response = client.get(f"/setup{query}")
+    assert response.status_code == 200
+    action = manifest_form(response)["action"]
+    return parse_qs(urlsplit(action).query)["state"][0]
+
+
+def conversions(fake) -> list:
+    return [r for r in fake.requests if r.path.startswith("/app-manifests/")]
+
+
+def ping_delivery(secret: str | None):
+    body = to_body(load_event("ping"))
+    return body, webhook_headers("ping", body, secret)
+
+
+# -- the manifest ---------------------------------------------------------------
+
+
+def test_manifest_file_is_what_setup_posts():
+    """app-manifest.json at the top is the manifest /setup posts, with placeholder URLs."""
+    on_disk = json.loads((ROOT / "app-manifest.json").read_text())
+    assert on_disk == setup.app_manifest("https://slipway.example.com")
+    assert on_disk["public"] is False
+    assert on_disk["default_permissions"] == {
+        "checks": "write", "statuses": "write", "contents": "read",
+        "pull_requests": "read", "metadata": "read",
+    }
+    # installation and installation_repositories reach every App without a subscription.
+    assert on_disk["default_events"] == ["pull_request", "check_run", "check_suite"]
+
+
+def test_setup_page_posts_the_filled_manifest_to_github(client, fake_github):
+    """/setup has a button that posts the manifest, with PUBLIC_URL's webhook and callback."""
+    response = client.get("/setup")
+    assert response.status_code == 200
+    form = manifest_form(response)
+    assert form["action"].startswith(f"{fake_github.url}/settings/apps/new?state=")
+    action = urlsplit(form["action"])
+    manifest = json.loads(form["inputs"]["manifest"])
+    assert manifest["url"] == PUBLIC_URL
+    assert manifest["hook_attributes"]["url"] == f"{PUBLIC_URL}/webhook"
+    assert manifest["redirect_url"] == f"{PUBLIC_URL}/setup/callback"
+    assert manifest["default_permissions"]["checks"] == "write"
+    state = parse_qs(action.query)["state"][0]
+    cookie = client.get_cookie(setup.STATE_COOKIE, path="/setup")
+    assert cookie.value == state and len(state) >= 32
+    assert cookie.http_only
+    assert "form-action 'self'" in response.headers["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize(
+    ("api_url", "org", "expected"),
+    [
+        ("https://api.github.com", None, "https://github.com/settings/apps/new"),
+        ("https://api.github.com", "acme", "https://github.com/organizations/acme/settings/apps/new"),
+        ("https://ghe.example.com/api/v3", None, "https://ghe.example.com/settings/apps/new"),
+        ("https://ghe.example.com/api/v3", "acme",
+         "https://ghe.example.com/organizations/acme/settings/apps/new"),
+    ],
+)
+def test_manifest_goes_to_the_github_of_the_api_url(data_dir, api_url, org, expected):
+    """github.com for api.github.com, the Enterprise host for HOST/api/v3; ?org= for an org."""
+    client = make_app(data_dir, api_url).test_client()
+    response = client.get("/setup" + (f"?org={org}" if org else ""))
+    action = manifest_form(response)["action"]
+    assert action.split("?")[0] == expected
+    web_root = expected.split("/organizations")[0].split("/settings")[0]
+    assert f"form-action 'self' {web_root}" in response.headers["Content-Security-Policy"]
+
+
+def test_setup_page_takes_another_app_name(client):
+    """?name= renames the App in the manifest (GitHub App names are unique)."""
+    form = manifest_form(client.get("/setup?name=Slipway+acme"))
+    manifest = json.loads(form["inputs"]["manifest"])
+    assert manifest["name"] == "Slipway acme"
+
+
+def test_bad_organization_name_is_refused(client):
+    """?org= with characters GitHub logins never have is a 400, not a link to a wrong page."""
+    response = client.get("/setup?org=acme/../../evil")
+    assert response.status_code == 400
+    assert "not a GitHub organization login" in response.get_data(as_text=True)
+
+
+def test_setup_page_warns_when_github_cannot_reach_public_url(data_dir):
+    """With PUBLIC_URL on localhost, /setup says a tunnel is needed."""
+    app = create_app(Config(public_url="http://localhost:8080", data_dir=data_dir),
+                     engine_ping=lambda: None)
+    if "setup" not in app.blueprints:
+        app.register_blueprint(setup.bp)
+    text = app.test_client().get("/setup").get_data(as_text=True)
+    assert "GitHub cannot reach http://localhost:8080" in text
+    assert "smee" in text
+
+
+# -- the callback ---------------------------------------------------------------
+
+
+def test_full_setup_flow_stores_credentials_and_accepts_signed_webhooks(
+        app, client, data_dir, fake_github, caplog):
+    """GitHub's redirect is exchanged, stored 0600, and the new secret verifies webhooks at once."""
+    caplog.set_level(logging.DEBUG)
+    body, headers = ping_delivery("anything")
+    assert client.post("/webhook", data=body, headers=headers).status_code == 503
+
+    conversion = fake_github.add_manifest_code("code-1234")
+    state = start_setup(client)
+    response = client.get(f"/setup/callback?code=code-1234&state={state}")
+
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "The GitHub App is created" in page
+    install = f"{conversion['html_url']}/installations/new"
+    assert install in read_page(response).links
+    for secret in ("pem", "webhook_secret", "client_secret"):
+        assert conversion[secret] not in page
+        assert conversion[secret] not in caplog.text
+    assert "BEGIN RSA PRIVATE KEY" not in page
+
+    path = data_dir / "app-credentials.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    stored = json.loads(path.read_text())
+    assert stored["id"] == conversion["id"]
+    assert stored["pem"] == conversion["pem"]
+    assert stored["webhook_secret"] == conversion["webhook_secret"]
+
+    config = app.extensions["slipway"].config
+    assert config.app_id == str(fake_github.app_id)
+    assert config.private_key == fake_github.private_key_pem
+    assert config.has_app_credentials
+
+    body, headers = ping_delivery(conversion["webhook_secret"])
+    assert client.post("/webhook", data=body, headers=headers).status_code == 200
+    body, headers = ping_delivery("not-the-secret")
+    assert client.post("/webhook", data=body, headers=headers).status_code == 401
+
+
+def test_setup_is_done_once(client, fake_github):
+    """After setup, /setup and a replayed callback say it is done and exchange nothing again."""
+    fake_github.add_manifest_code("once")
+    state = start_setup(client)
+    assert client.get(f"/setup/callback?code=once&state={state}").status_code == 200
+
+    again = client.get("/setup")
+    assert again.status_code == 200
+    assert "Setup is done" in again.get_data(as_text=True)
+    assert not [f for f in read_page(again).forms if f["method"] == "post"]
+    replay = client.get(f"/setup/callback?code=once&state={state}")
+    assert replay.status_code == 200
+    assert "Setup is done" in replay.get_data(as_text=True)
+    assert len(conversions(fake_github)) == 1
+
+
+def test_expired_code_shows_what_to_do(client, data_dir, fake_github):
+    """A code GitHub does not know (used or older than an hour) gives a clear error page."""
+    state = start_setup(client)
+    response = client.get(f"/setup/callback?code=stale&state={state}")
+    assert response.status_code == 400
+    text = response.get_data(as_text=True)
+    assert "GitHub does not accept this setup code" in text
+    assert "expires after an hour" in text
+    assert not (data_dir / "app-credentials.json").exists()
+    assert manifest_form(client.get("/setup"))  # setup can start over
+
+
+def test_unreachable_github_is_a_502(data_dir):
+    """No answer from GITHUB_API_URL: 502 with the URL to check, nothing stored."""
+    client = make_app(data_dir, "http://127.0.0.1:9").test_client()
+    state = start_setup(client)
+    response = client.get(f"/setup/callback?code=x&state={state}")
+    assert response.status_code == 502
+    assert "GitHub could not be reached at http://127.0.0.1:9" in response.get_data(as_text=True)
+    assert not (data_dir / "app-credentials.json").exists()
+
+
+@pytest.mark.parametrize("state", ["wrong", ""])
+def test_state_mismatch_is_refused(client, fake_github, data_dir, state):
+    """A callback whose state is not this browser's is a 400 and its code is never used."""
+    fake_github.add_manifest_code("forged")
+    start_setup(client)
+    response = client.get(f"/setup/callback?code=forged&state={state}")
+    assert response.status_code == 400
+    assert "not from this browser" in response.get_data(as_text=True)
+    assert conversions(fake_github) == []
+    assert not (data_dir / "app-credentials.json").exists()
+
+
+def test_callback_without_setup_cookie_is_refused(app, fake_github):
+    """A browser that never opened /setup (a link from elsewhere) gets a 400."""
+    fake_github.add_manifest_code("elsewhere")
+    response = app.test_client().get("/setup/callback?code=elsewhere&state=abc")
+    assert response.status_code == 400
+    assert conversions(fake_github) == []
+
+
+def test_app_configured_from_the_environment_has_no_setup(data_dir, fake_github):
+    """With GITHUB_APP_ID etc. set, /setup only says it is done."""
+    app = make_app(data_dir, fake_github.url, app_id="42",
+                   private_key=fake_github.private_key_pem, webhook_secret="s" * 20)
+    response = app.test_client().get("/setup")
+    assert response.status_code == 200
+    assert "Setup is done" in response.get_data(as_text=True)
+
+
+# -- stored credentials, start-up and other processes -------------------------------
+
+
+def test_another_app_on_the_same_data_dir_picks_up_the_stored_app(client, data_dir, fake_github):
+    """A second process (or the app after a restart) uses the stored App without the env."""
+    conversion = fake_github.add_manifest_code("shared")
+    state = start_setup(client)
+    client.get(f"/setup/callback?code=shared&state={state}")
+
+    other = make_app(data_dir, fake_github.url)
+    body, headers = ping_delivery(conversion["webhook_secret"])
+    assert other.test_client().post("/webhook", data=body, headers=headers).status_code == 200
+    assert other.extensions["slipway"].config.app_id == str(conversion["id"])
+
+    restarted = credentials.apply(Config.from_env({"DATA_DIR": str(data_dir)}, require_app=False),
+                                  credentials.load(data_dir))
+    assert restarted.has_app_credentials
+    assert restarted.webhook_secret == conversion["webhook_secret"]
+
+
+def test_environment_wins_over_stored_credentials(data_dir, fake_github):
+    """Stored credentials never override an App id, key or secret from the environment."""
+    credentials.save(data_dir, fake_github.add_manifest_code("c"))
+    config = Config(app_id="7", data_dir=data_dir)
+    assert credentials.apply(config, credentials.load(data_dir)) is config
+
+
+def test_credentials_file_is_private_whatever_the_umask(data_dir, fake_github):
+    """The file is 0600 even with umask 000, and a second save never replaces it."""
+    old = os.umask(0)
+    try:
+        credentials.save(data_dir, fake_github.add_manifest_code("a"))
+    finally:
+        os.umask(old)
+    path = credentials.credentials_path(data_dir)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(credentials.CredentialsExist):
+        credentials.save(data_dir, fake_github.add_manifest_code("b"))
+    assert [p.name for p in data_dir.iterdir()] == ["app-credentials.json"]  # no temporary left
+
+
+def test_no_stored_credentials_is_none(data_dir):
+    """Before setup, load() finds nothing and apply() changes nothing."""
+    config = Config(data_dir=data_dir)
+    assert credentials.load(data_dir) is None
+    assert credentials.apply(config, None) is config
+
+
+def test_damaged_credentials_file_names_the_fix(data_dir):
+    """A file that is not what setup writes stops start-up with one line saying what to do."""
+    credentials.credentials_path(data_dir).write_text("{not json")
+    with pytest.raises(ConfigError, match="remove it and open /setup again"):
+        credentials.load(data_dir)
+    credentials.credentials_path(data_dir).write_text(json.dumps(
+        {"id": 1, "pem": "nope", "webhook_secret": "s"}))
+    with pytest.raises(ConfigError, match="readable RSA private key") as info:
+        credentials.load(data_dir)
+    assert "nope" not in str(info.value)
+
+
+def test_on_credentials_is_called_with_the_new_config(app, client, fake_github):
+    """runtime.extras['on_credentials'] hears of the new App (to start the worker)."""
+    heard = []
+    app.extensions["slipway"].extras["on_credentials"] = heard.append
+    fake_github.add_manifest_code("hook")
+    state = start_setup(client)
+    client.get(f"/setup/callback?code=hook&state={state}")
+    assert [c.app_id for c in heard] == [str(fake_github.app_id)]
