@@ -11,9 +11,11 @@ that the server and the load generator used. Every request carries a unique
 Same CPU budget: Node runs JavaScript on one thread, and Python's GIL does the
 same inside one gunicorn worker, so the fair pair is one gunicorn worker
 (gthread) against one node process, both pinned to the same CPU with taskset;
-wrk runs pinned to the other CPU. Slipway's production config (several
-workers, no pinning) is measured too and compared with the same Probot
-process, which cannot use a second core.
+wrk runs pinned to the other CPU. Slipway is also measured as production runs
+it: `python -m github_app serve` settings (one gunicorn gthread worker, 8
+threads, no access log), not pinned. Its build worker threads are not started
+here: with no GitHub to talk to they would only fail jobs, which production
+does not do thousands of times a second.
 
     python bench/webhook_load.py [--duration 10] [--concurrency 16 64] [--only slipway|probot]
 
@@ -54,6 +56,8 @@ TARGET_BRANCH = "develop"
 # Any call to GitHub goes to a closed loopback port and fails at once: neither
 # server may reach api.github.com, and neither should try while acknowledging.
 NOWHERE = "127.0.0.1:9"
+# What `python -m github_app serve` sets (github_app/__main__.py, run_serve).
+SERVE_GUNICORN = "-w 1 -k gthread --threads 8 --timeout 0 --log-level warning"
 # Processes that the benchmark started, stopped by pid on every exit path.
 _started: list[subprocess.Popen] = []
 
@@ -88,78 +92,72 @@ def delivery_headers(body: bytes, delivery_id: str) -> dict[str, str]:
     }
 
 
-# -- the stand-in for Slipway's webhook view, until github_app lands ------------------------------
+# -- what-if knobs: measure a fix before it goes into github_app ----------------------------------
+
+WHAT_IF_KNOBS = ("BENCH_SYNCHRONOUS", "BENCH_ENQUEUE_LOCK", "BENCH_GROUP_COMMIT")
 
 
-def create_standin_app():
-    """A Flask view shaped like the lead's `POST /webhook`, on the modules that landed.
+def what_if() -> dict[str, str]:
+    return {k: os.environ[k] for k in WHAT_IF_KNOBS if os.environ.get(k)}
 
-    `Delivery.from_http` (signature first), `decide` and `JobStore.enqueue` (one
-    INSERT) are Slipway's own; only this view and the app factory stand in for
-    `github_app.create_app` until it lands. The table says which one ran."""
-    import dataclasses as dc
+
+def create_slipway_app():
+    """`github_app.create_app()`, changed only by the BENCH_* knobs that are set.
+
+    With none set (the default) this is exactly the production app. The knobs
+    patch `JobStore` in this process only, to measure a fix before it is made:
+    BENCH_SYNCHRONOUS=NORMAL (WAL without an fsync per commit), BENCH_ENQUEUE_LOCK=1
+    (threads queue on a Python lock, not on SQLite's busy handler, which sleeps
+    1, 2, 5 ... 100 ms between retries), BENCH_GROUP_COMMIT=1 (one writer thread
+    commits the waiting enqueues together)."""
     import threading
 
-    from flask import Flask, jsonify, request
-
-    from github_app import webhooks
-    from github_app.errors import WebhookRejected
+    from github_app import create_app
     from github_app.jobs import JobStore
 
-    # What-if knobs, to measure a fix before it goes into github_app/jobs.py:
-    # BENCH_SYNCHRONOUS=NORMAL (no fsync per commit in WAL mode) and
-    # BENCH_ENQUEUE_LOCK=1 (threads queue on a Python lock, not on SQLite's
-    # busy handler, which sleeps 1, 2, 5 ... 100 ms between retries).
-    synchronous = os.environ.get("BENCH_SYNCHRONOUS")
+    knobs = what_if()
+    if "BENCH_SYNCHRONOUS" in knobs:
+        connect = JobStore._connect
 
-    class Store(JobStore):
         def _connect(self):
-            connection = super()._connect()
-            if synchronous:
-                connection.execute(f"PRAGMA synchronous = {synchronous}")
+            connection = connect(self)
+            connection.execute(f"PRAGMA synchronous = {knobs['BENCH_SYNCHRONOUS']}")
             return connection
 
-    store = Store.from_data_dir(os.environ["DATA_DIR"])
-    enqueue_lock = threading.Lock() if os.environ.get("BENCH_ENQUEUE_LOCK") else None
-    group_commit = GroupCommit(store) if os.environ.get("BENCH_GROUP_COMMIT") else None
-    secrets_ = [os.environ["GITHUB_WEBHOOK_SECRET"]]
-    app = Flask(__name__)
+        JobStore._connect = _connect
+    enqueue_now = JobStore.enqueue
+    if "BENCH_GROUP_COMMIT" in knobs:
+        writers: dict[int, GroupCommit] = {}
+        writers_lock = threading.Lock()
 
-    @app.post("/webhook")
-    def webhook():
-        try:
-            delivery = webhooks.Delivery.from_http(request.headers, request.get_data(),
-                                                   secrets=secrets_)
-        except WebhookRejected as exc:
-            return jsonify(error=str(exc)), exc.status
-        decision = webhooks.decide(delivery, target_branch=TARGET_BRANCH, app_id="1")
-        if not isinstance(decision, webhooks.BuildRequest):
-            return jsonify(ignored=getattr(decision, "reason", "ping")), 202
-        job = dict(repository=delivery.repository or "", kind="merge",
-                   request=dc.asdict(decision))
-        if group_commit:
-            result = group_commit.enqueue(delivery.id, **job)
-        else:
-            with enqueue_lock or contextlib.nullcontext():
-                result = store.enqueue(delivery.id, **job)
-        if not result.created:
-            return jsonify(duplicate=result.job_id), 200
-        return jsonify(job=result.job_id), 202
+        def enqueue(self, delivery_id, **job):
+            with writers_lock:
+                writer = writers.setdefault(id(self), GroupCommit(self, enqueue_now))
+            return writer.enqueue(delivery_id, **job)
 
-    return app
+        JobStore.enqueue = enqueue
+    elif "BENCH_ENQUEUE_LOCK" in knobs:
+        lock = threading.Lock()
+
+        def enqueue(self, delivery_id, **job):
+            with lock:
+                return enqueue_now(self, delivery_id, **job)
+
+        JobStore.enqueue = enqueue
+    return create_app()
 
 
 class GroupCommit:
-    """What-if BENCH_GROUP_COMMIT=1: one writer thread commits the waiting enqueues together.
+    """BENCH_GROUP_COMMIT: one writer thread commits the waiting enqueues together.
 
-    Every request still waits for the fsync of the commit that holds its job
-    (synchronous=FULL keeps its promise), but one fsync covers a whole batch."""
+    Every request still waits for the commit that holds its job (synchronous=FULL
+    keeps its promise), but one fsync covers the whole batch."""
 
-    def __init__(self, store, max_batch: int = 256):
+    def __init__(self, store, enqueue_now, max_batch: int = 256):
         import queue
         import threading
 
-        self.store, self.max_batch = store, max_batch
+        self.store, self.enqueue_now, self.max_batch = store, enqueue_now, max_batch
         self.pending: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._write_batches, daemon=True, name="group-commit").start()
 
@@ -179,10 +177,9 @@ class GroupCommit:
                 while len(batch) < self.max_batch:
                     batch.append(self.pending.get_nowait())
             connection = self.store._connection()  # this thread's, in autocommit mode
-            results = []
             try:
                 connection.execute("BEGIN IMMEDIATE")
-                results = [self.store.enqueue(d, **job) for d, job, _ in batch]
+                results = [self.enqueue_now(self.store, d, **job) for d, job, _ in batch]
                 connection.execute("COMMIT")
             except Exception as exc:
                 with contextlib.suppress(Exception):
@@ -275,7 +272,7 @@ def pin(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus else []
 
 
-def start_slipway(name: str, workdir: Path, key_pem: Path, *, app: str, gunicorn_args: list[str],
+def start_slipway(name: str, workdir: Path, key_pem: Path, *, gunicorn_args: list[str],
                   cpus: str | None) -> Server:
     data_dir = workdir / f"{name}-data"
     data_dir.mkdir()
@@ -292,12 +289,13 @@ def start_slipway(name: str, workdir: Path, key_pem: Path, *, app: str, gunicorn
         "DATA_DIR": str(data_dir),
         "PYTHONUNBUFFERED": "1",
     }
-    target = "github_app:create_app()" if app == "real" else "webhook_load:create_standin_app()"
+    # Exactly `github_app:create_app()` unless a BENCH_* what-if knob is set.
+    target = "webhook_load:create_slipway_app()" if what_if() else "github_app:create_app()"
     argv = [*pin(cpus), sys.executable, "-m", "gunicorn", *gunicorn_args,
             "--bind", f"127.0.0.1:{port}", "--pythonpath", str(BENCH), target]
     log = workdir / f"{name}.log"
     proc = start(argv, env=env, cwd=ROOT, log=log)
-    wait_until_up(f"http://127.0.0.1:{port}/healthz", proc, log)
+    wait_until_up(f"http://127.0.0.1:{port}/webhook", proc, log)  # GET: 405 once up
     cpu_note = f"taskset -c {cpus}" if cpus else "all CPUs"
     describe = f"gunicorn {' '.join(gunicorn_args)} '{target}' ({cpu_note})"
     return Server(name, "slipway", f"http://127.0.0.1:{port}/webhook", proc, describe)
@@ -497,24 +495,30 @@ def measure(server: Server, *, concurrency: int, seconds: float, warmup: float, 
 # -- report --------------------------------------------------------------------------------------
 
 
+def per_cpu_second(m: Measurement) -> float:
+    """Requests per second of server CPU: steadier than req/s on a shared machine."""
+    return m.rps / (m.server_cpu_pct / 100) if m.server_cpu_pct else float("nan")
+
+
 def print_rows(rows: list[Measurement]) -> None:
     header = (f"{'server':<15} {'conc':>4} {'round':>5} {'req/s':>8} {'p50 ms':>8} "
               f"{'p99 ms':>8} {'max ms':>8} {'non-2xx':>7} {'sockerr':>7} "
-              f"{'srv CPU%':>8} {'wrk CPU%':>8}")
+              f"{'srv CPU%':>8} {'req/CPU-s':>9} {'wrk CPU%':>8}")
     print(header)
     print("-" * len(header))
     for m in rows:
         print(f"{m.server:<15} {m.concurrency:>4} {m.round:>5} {m.rps:>8.0f} {m.p50_ms:>8.2f} "
               f"{m.p99_ms:>8.2f} {m.max_ms:>8.1f} {m.non_2xx:>7} {m.socket_errors:>7} "
-              f"{m.server_cpu_pct:>8.0f} {m.wrk_cpu_pct:>8.0f}")
+              f"{m.server_cpu_pct:>8.0f} {per_cpu_second(m):>9.0f} {m.wrk_cpu_pct:>8.0f}")
 
 
 def print_summary(rows: list[Measurement], concurrencies: list[int]) -> None:
     """Medians over the rounds, and Slipway / Probot ratios (target: req/s >= 1, p99 <= 1)."""
     names = list(dict.fromkeys(m.server for m in rows))
     print("\nmedian over rounds")
-    print(f"{'server':<15} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>7}")
-    medians: dict[tuple[str, int], tuple[float, float]] = {}
+    print(f"{'server':<15} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+          f"{'req/CPU-s':>9}")
+    medians: dict[tuple[str, int], tuple[float, float, float]] = {}
     for c in concurrencies:
         for name in names:
             mine = [m for m in rows if m.server == name and m.concurrency == c]
@@ -523,9 +527,10 @@ def print_summary(rows: list[Measurement], concurrencies: list[int]) -> None:
             rps = statistics.median(m.rps for m in mine)
             p50 = statistics.median(m.p50_ms for m in mine)
             p99 = statistics.median(m.p99_ms for m in mine)
-            medians[name, c] = (rps, p99)
+            efficiency = statistics.median(per_cpu_second(m) for m in mine)
+            medians[name, c] = (rps, p99, efficiency)
             print(f"{name:<15} {c:>4} {rps:>8.0f} {p50:>8.2f} {p99:>8.2f} "
-                  f"{sum(m.non_2xx + m.socket_errors for m in mine):>7}")
+                  f"{sum(m.non_2xx + m.socket_errors for m in mine):>7} {efficiency:>9.0f}")
     probot = next((n for n in names if n.startswith("probot")), None)
     if probot is None:
         return
@@ -535,11 +540,12 @@ def print_summary(rows: list[Measurement], concurrencies: list[int]) -> None:
             continue
         for c in concurrencies:
             if (name, c) in medians and (probot, c) in medians:
-                rps, p99 = medians[name, c]
-                prps, pp99 = medians[probot, c]
+                rps, p99, efficiency = medians[name, c]
+                prps, pp99, pefficiency = medians[probot, c]
                 verdict = "meets" if rps >= prps and p99 <= pp99 else "MISSES"
                 print(f"{name:<15} c={c:<3} throughput {rps / prps:5.2f}x   "
-                      f"p99 {p99 / pp99:5.2f}x   {verdict} the target")
+                      f"p99 {p99 / pp99:5.2f}x   req/CPU-s {efficiency / pefficiency:5.2f}x   "
+                      f"{verdict} the target")
 
 
 # -- item 8, second measurement: TODO for the lead -----------------------------------------------
@@ -573,17 +579,6 @@ def generate_key(path: Path) -> None:
     path.chmod(0o600)
 
 
-def real_app_available() -> bool:
-    try:
-        import github_app
-
-        github_app.create_app  # noqa: B018
-        return all((ROOT / "github_app" / f).exists() for f in ("views.py", "jobs.py",
-                                                                "webhooks.py", "config.py"))
-    except Exception:
-        return False
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=10, help="seconds measured per run (10)")
@@ -591,16 +586,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per server (2)")
     p.add_argument("--only", choices=["slipway", "probot"])
-    p.add_argument("--slipway-app", choices=["auto", "real", "standin"], default="auto",
-                   help="real: github_app:create_app(); standin: the bench's own view (auto)")
     p.add_argument("--server-cpus", default="0",
                    help="CPUs of the fair pair, taskset syntax (0); '' for no pinning")
     p.add_argument("--wrk-cpus", default="1", help="CPUs of wrk (1); '' for no pinning")
     p.add_argument("--wrk-threads", type=int, default=1)
-    p.add_argument("--fair-gunicorn", default="-w 1 -k gthread --threads 16",
-                   help="gunicorn options of the one-CPU Slipway")
-    p.add_argument("--prod-gunicorn", default="-w 2 -k gthread --threads 8",
-                   help="gunicorn options of Slipway's production config ('' to skip)")
+    p.add_argument("--fair-gunicorn", default=SERVE_GUNICORN,
+                   help=f"gunicorn options of the pinned Slipway ({SERVE_GUNICORN})")
+    p.add_argument("--serve-gunicorn", default=SERVE_GUNICORN,
+                   help="gunicorn options of the unpinned Slipway, as `serve` sets them"
+                        " ('' to skip)")
     p.add_argument("--probot-log-level", default="warn",
                    help="Probot's LOG_LEVEL (warn: no line per request; Probot's default: info)")
     p.add_argument("--json", type=Path, help="also write every measurement to this file")
@@ -612,8 +606,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install -y wrk")
-    if args.slipway_app == "auto":
-        args.slipway_app = "real" if real_app_available() else "standin"
     server_cpus = args.server_cpus or None
     wrk_cpus = args.wrk_cpus or None
     body = load_payload()
@@ -628,18 +620,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.only != "probot":
             servers.append(start_slipway(
-                "slipway-1cpu", workdir, key, app=args.slipway_app,
+                "slipway-1cpu", workdir, key,
                 gunicorn_args=shlex.split(args.fair_gunicorn), cpus=server_cpus))
-            if args.prod_gunicorn:
+            if args.serve_gunicorn:
                 servers.append(start_slipway(
-                    "slipway-prod", workdir, key, app=args.slipway_app,
-                    gunicorn_args=shlex.split(args.prod_gunicorn), cpus=None))
+                    "slipway-serve", workdir, key,
+                    gunicorn_args=shlex.split(args.serve_gunicorn), cpus=None))
         if args.only != "slipway":
             ensure_probot_installed()
             servers.append(start_probot("probot-1cpu", workdir, key, cpus=server_cpus,
                                         log_level=args.probot_log_level))
         print(f"payload: pull_request closed example, merged into {TARGET_BRANCH}, "
-              f"{len(body)} bytes; Slipway app: {args.slipway_app}")
+              f"{len(body)} bytes")
+        if what_if():
+            print(f"  WHAT-IF, not Slipway as shipped: JobStore patched by {what_if()}")
         for s in servers:
             print(f"  {s.name:<13} {s.describe}\n  {'':<13} {s.url} -> "
                   f"{check_acknowledges(s, body)}")
