@@ -165,3 +165,27 @@ def test_metrics_still_answer_when_the_store_does_not(data_dir, docker_client):
     samples = scrape(client)
     assert "slipway_queue_depth" not in samples
     assert samples["slipway_builds_total"] == {(("conclusion", "success"),): 1}
+
+
+def test_the_real_app_reports_health_and_metrics(data_dir, monkeypatch):
+    """create_app wires /healthz to the store and the engine of DOCKER_HOST, and /metrics."""
+    from github_app import create_app
+    from github_app.config import Config
+
+    monkeypatch.setenv("DOCKER_API_VERSION", "1.41")
+    app = create_app(Config(data_dir=data_dir))
+    client = app.test_client()
+    response = client.get("/healthz")
+    assert response.status_code == 200, response.json
+    assert response.json == {"status": "ok", "checks": {"store": "ok", "docker": "ok"}}
+
+    app.extensions["slipway"].store.enqueue("d-1", repository="o/r", kind="merge", request={})
+    assert scrape(client)["slipway_queue_depth"][()] == 1
+
+    broken = create_app(
+        Config(data_dir=data_dir / "other", docker_host="unix:///nonexistent/docker.sock")
+    )
+    response = broken.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.json["checks"]["store"] == "ok"
+    assert response.json["checks"]["docker"].startswith("error: ")

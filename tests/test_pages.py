@@ -409,3 +409,17 @@ def test_badge_json_is_a_shields_io_endpoint(site):
         "style",
         "cacheSeconds",
     }
+
+
+def test_the_real_app_serves_the_pages_and_badges(data_dir):
+    """create_app registers the build pages, the log and the badges."""
+    from github_app import create_app
+
+    app = create_app(Config(data_dir=data_dir))
+    site = Site(app, app.extensions["slipway"].store, app.extensions["slipway"].config)
+    build_id = site.build(log="hello\n")
+    assert site.client.get("/builds").status_code == 200
+    assert "docker pull" in text_of(site.client.get(f"/builds/{build_id}"))
+    assert site.client.get(f"/builds/{build_id}/log").get_data(as_text=True) == "hello\n"
+    svg = site.client.get("/badges/octo-org/orders.svg").get_data(as_text=True)
+    assert badge_texts(svg) == ["build", "1.4.0"]
