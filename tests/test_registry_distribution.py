@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from builder import PushFailed, build_artifact
+
 pytestmark = pytest.mark.docker
 
 MICROSERVICE = Path(__file__).resolve().parent.parent / "microservice"
@@ -38,35 +40,14 @@ HTPASSWD = "slipway:$2b$05$tazVbuqczoOTzQSoBQQVkeFRiXBklcR3BQcn1td7H/RaOueBNE0ry
 # --- helpers ------------------------------------------------------------------
 
 
-def build_microservice(client, reference: str, *, version: str):
-    """Build microservice/ as `reference`; a unique revision makes a unique image id."""
-    image, _ = client.images.build(
-        path=str(MICROSERVICE),
-        tag=reference,
-        network_mode="host",  # Docker's default bridge is off-limits here
-        pull=False,  # python:3.11-slim exists only locally
-        rm=True,
-        buildargs={"SERVICE_VERSION": version, "SERVICE_REVISION": uuid.uuid4().hex},
+def publish_microservice(client, registry: str, name: str, version: str, **credentials):
+    """Build microservice/ and push it as REGISTRY/name:version, as Slipway's worker does."""
+    return build_artifact(
+        name, version, context=str(MICROSERVICE), registry=registry,
+        network="host",  # Docker's default bridge is off-limits here
+        build_args={"SERVICE_VERSION": version},
+        revision=uuid.uuid4().hex, docker_client=client, **credentials,
     )
-    return image
-
-
-class PushRefused(AssertionError):
-    """The engine reported an error chunk for a push."""
-
-
-def push(client, repository: str, tag: str, *, auth_config: dict | None = None) -> str:
-    """Push and return the manifest digest; a failed push arrives inside a 200 stream."""
-    digest = None
-    stream = client.images.push(
-        repository, tag=tag, stream=True, decode=True, auth_config=auth_config
-    )
-    for chunk in stream:
-        if "error" in chunk:
-            raise PushRefused(f"push of {repository}:{tag} failed: {chunk['error']}")
-        digest = chunk.get("aux", {}).get("Digest", digest)
-    assert digest, f"the engine reported no digest for {repository}:{tag}"
-    return digest
 
 
 def remove_image(client, reference: str) -> None:
@@ -244,20 +225,20 @@ def test_pushed_image_pulls_back_by_digest_and_serves_health(
     """A pushed image, removed locally, pulls back by digest, runs and answers /health."""
     containers, images = cleanup
     repository = f"{registry.address}/{unique_name}"
-    built = build_microservice(docker_client, f"{repository}:1.0.0", version="1.0.0")
-    images.append(built.id)
-    digest = push(docker_client, repository, "1.0.0")
+    built = publish_microservice(docker_client, registry.address, unique_name, "1.0.0")
+    images.append(built.image_id)
+    digest = built.digest
     try:
         assert registry.tags(unique_name) == ["1.0.0"]
         assert registry.manifest_digest(unique_name, "1.0.0") == digest
 
         remove_image(docker_client, f"{repository}:1.0.0")
         with pytest.raises(docker.errors.ImageNotFound):
-            docker_client.images.get(built.id)
+            docker_client.images.get(built.image_id)
 
         pulled = docker_client.images.pull(f"{repository}@{digest}")
         images.append(pulled.id)
-        assert pulled.id == built.id, "the registry returned a different image than was pushed"
+        assert pulled.id == built.image_id, "the registry returned another image than was pushed"
         assert f"{repository}@{digest}" in pulled.attrs["RepoDigests"]
 
         port = free_port("127.0.0.1")
@@ -285,10 +266,9 @@ def test_other_machine_downloads_every_blob_intact_over_the_network(
     image, and every blob's sha256 equals its digest."""
     _, images = cleanup
     loopback, on_network = shared_registries
-    repository = f"{loopback.address}/{unique_name}"
-    built = build_microservice(docker_client, f"{repository}:2.0.0", version="2.0.0")
-    images.append(built.id)
-    digest = push(docker_client, repository, "2.0.0")
+    built = publish_microservice(docker_client, loopback.address, unique_name, "2.0.0")
+    images.append(built.image_id)
+    digest = built.digest
 
     # The other machine has no way to this host's loopback: 127.0.0.1 is its own.
     for port in (5000, int(loopback.address.rsplit(":", 1)[1])):
@@ -321,7 +301,7 @@ def test_other_machine_downloads_every_blob_intact_over_the_network(
         path = fetched / blob["digest"].removeprefix("sha256:")
         assert path.stat().st_size == blob["size"], f"{blob['digest']}: wrong size"
         assert sha256_file(path) == blob["digest"], f"{blob['digest']}: content does not match"
-    assert manifest["config"]["digest"] == built.id  # the image Docker built, not another
+    assert manifest["config"]["digest"] == built.image_id  # the image Docker built, not another
 
     total = sum(blob["size"] for blob in blobs)
     assert sent >= total, (
@@ -339,10 +319,8 @@ def test_deleted_image_is_gone_and_garbage_collection_frees_its_blobs(
     storage.mkdir()
     registry = RegistryProcess(f"127.0.0.1:{free_port('127.0.0.1')}", storage, tmp_path)
     try:
-        repository = f"{registry.address}/{unique_name}"
-        built = build_microservice(docker_client, f"{repository}:3.0.0", version="3.0.0")
-        images.append(built.id)
-        pushed = push(docker_client, repository, "3.0.0")
+        built = publish_microservice(docker_client, registry.address, unique_name, "3.0.0")
+        images.append(built.image_id)
         blobs = list((storage / "docker/registry/v2/blobs").rglob("data"))
         assert len(blobs) >= 3  # config, base layer, the service's layers
 
@@ -352,7 +330,7 @@ def test_deleted_image_is_gone_and_garbage_collection_frees_its_blobs(
         )
         with urllib.request.urlopen(head, timeout=10) as response:
             digest = response.headers["Docker-Content-Digest"]
-        assert digest == pushed
+        assert digest == built.digest
 
         delete = urllib.request.Request(
             f"{registry.url}/v2/{unique_name}/manifests/{digest}", method="DELETE"
@@ -402,13 +380,15 @@ def test_other_machine_pulls_over_tls_with_basic_auth(
                                  tls=(certificate, key), htpasswd=htpasswd)
         started.append(secure)
 
-        repository = f"{loopback.address}/{unique_name}"
-        built = build_microservice(docker_client, f"{repository}:4.0.0", version="4.0.0")
-        images.append(built.id)
-        with pytest.raises(PushRefused, match="(?i)basic auth|unauthorized"):
-            push(docker_client, repository, "4.0.0")
-        digest = push(docker_client, repository, "4.0.0",
-                      auth_config={"username": USERNAME, "password": PASSWORD})
+        with pytest.raises(PushFailed) as refused:
+            publish_microservice(docker_client, loopback.address, unique_name, "4.0.0")
+        assert refused.value.reason == "auth", refused.value.detail
+        images.append(f"{loopback.address}/{unique_name}:4.0.0")
+        # What REGISTRY_USERNAME / REGISTRY_PASSWORD become.
+        built = publish_microservice(docker_client, loopback.address, unique_name, "4.0.0",
+                                     username=USERNAME, password=PASSWORD)
+        images.append(built.image_id)
+        digest = built.digest
 
         source = f"docker://{secure.address}/{unique_name}:4.0.0"
 
