@@ -548,21 +548,20 @@ def print_summary(rows: list[Measurement], concurrencies: list[int]) -> None:
                       f"{verdict} the target")
 
 
-# -- item 8, second measurement: TODO for the lead -----------------------------------------------
+# -- item 8, second measurement: TODO, not measured here ------------------------------------------
 
 
 def measure_end_to_end_against_docker(context: Path, *, rounds: int = 3) -> None:
-    """TODO (lead, once the worker exists): issue 3 item 8, second measurement.
+    """TODO (lead): issue 3 item 8, second measurement; not part of this script's run.
 
     End-to-end time from a signed webhook to the check run `completed` for
     `microservice/`, against plain `docker build` + `docker push` of the same
-    context, cold (no build cache for either side: remove the image and prune
-    the cache before each run). Target: Slipway within 1.15x of plain docker.
-
-    Not implemented: it needs the worker, the fake GitHub server of tests/ and the
-    registry. Nothing is measured here and no number is printed.
+    context, cold. Target: Slipway within 1.15x of plain docker. The lead is
+    writing it as bench/e2e_overhead.py (it needs the worker, the fake GitHub
+    of tests/, the engine and the registry). Nothing is measured here and no
+    number is printed.
     """
-    raise NotImplementedError("end-to-end webhook -> completed check run: not written yet")
+    raise NotImplementedError("see bench/e2e_overhead.py")
 
 
 # -- main ----------------------------------------------------------------------------------------
