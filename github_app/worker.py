@@ -50,6 +50,7 @@ REVISION_LABEL = "org.opencontainers.image.revision"
 MAX_TARBALL_BYTES = 512 * 1024**2
 HEARTBEAT_SECONDS = 30.0
 LOG_TAIL_BYTES = 60_000
+MAINTENANCE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,12 @@ class Worker:
                 continue
             self.wakeup.wait(timeout=1.0)
             self.wakeup.clear()
-            if index == 0 and time.monotonic() - last_report_retry > 60:
+            if index == 0 and time.monotonic() - last_report_retry > MAINTENANCE_SECONDS:
                 last_report_retry = time.monotonic()
+                # A worker process that died holds its job until the lease runs
+                # out; then it goes back to the queue instead of blocking its
+                # repository for good.
+                self.store.requeue_interrupted()
                 self.report_pending()
 
     def process(self, job: Job, worker_id: str) -> None:
