@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from github_app import webhooks
 from github_app.errors import WebhookRejected
+from github_app.jobs import StoreUnavailable
 from github_app.runtime import current_runtime
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,14 @@ def webhook_rejected(error: WebhookRejected):
     current = current_runtime()
     _count(current, request.headers.get("X-GitHub-Event", "unknown"), f"rejected_{error.status}")
     return jsonify(error=str(error)), error.status
+
+
+@bp.errorhandler(StoreUnavailable)
+def store_unavailable(error: StoreUnavailable):
+    # A 5xx makes GitHub mark the delivery failed, so it can be redelivered
+    # once the disk is back: the merge is not lost.
+    log.error("job store unavailable: %s", error)
+    return jsonify(error="Slipway cannot record the delivery right now; redeliver it later."), 503
 
 
 @bp.app_errorhandler(RequestEntityTooLarge)
