@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import builder.registry
 from builder import PushFailed, build_artifact
 
 pytestmark = pytest.mark.docker
@@ -354,11 +355,12 @@ def test_deleted_image_is_gone_and_garbage_collection_frees_its_blobs(
 
 
 def test_other_machine_pulls_over_tls_with_basic_auth(
-    docker_client, other_machine, unique_name, tmp_path, cleanup
+    docker_client, other_machine, unique_name, tmp_path, cleanup, monkeypatch
 ):
     """With `http.tls` and `auth.htpasswd` (docs/registry.md), Slipway's engine pushes
-    with REGISTRY_USERNAME/REGISTRY_PASSWORD and another machine pulls with the CA
-    certificate and the same credentials; without either it is refused."""
+    with REGISTRY_USERNAME/REGISTRY_PASSWORD, Slipway reads the tags with them, and
+    another machine pulls with the CA certificate and the same credentials; without
+    either it is refused."""
     _, images = cleanup
     storage, certs, client_certs = (tmp_path / name for name in ("storage", "certs", "client"))
     for directory in (storage, certs, client_certs):
@@ -389,6 +391,13 @@ def test_other_machine_pulls_over_tls_with_basic_auth(
                                      username=USERNAME, password=PASSWORD)
         images.append(built.image_id)
         digest = built.digest
+
+        # Slipway's own reads (next version, immutability) trust the CA through requests.
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+        credentials = {"username": USERNAME, "password": PASSWORD}
+        assert builder.registry.list_tags(secure.address, unique_name, **credentials) == ["4.0.0"]
+        labels = builder.registry.image_labels(secure.address, unique_name, "4.0.0", **credentials)
+        assert labels["org.opencontainers.image.version"] == "4.0.0"
 
         source = f"docker://{secure.address}/{unique_name}:4.0.0"
 
