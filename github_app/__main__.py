@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from github_app.logs import configure_logging, secrets_from_config
 
     configure_logging(level=config.log_level, secrets=secrets_from_config(config))
+    # github3 narrates every URL it builds at INFO; keep its warnings only.
+    logging.getLogger("github3").setLevel(max(logging.WARNING, logging.getLogger().level))
     if command == "worker":
         return run_worker(config)
     return run_serve(config, host=args.host, web_threads=args.web_threads)

@@ -86,7 +86,7 @@ def test_semver_minor_bumps_the_highest_published_version(harness, registry):
 
 
 def test_no_version_fails_with_instructions(harness, registry):
-    """A merge without any version fails its check run, saying how to give one, and pushes nothing."""
+    """A merge without a version fails its check run with instructions and pushes nothing."""
     repo = tiny_repo(harness)
     harness.deliver("pull_request", repo.merged(title="Fix typo"))
     harness.run_worker()
@@ -242,7 +242,8 @@ def test_killed_during_a_build_the_check_run_completes_after_restart(
     try:
         slow = TINY_DOCKERFILE.replace(
             "RUN python3 -c \"print('compiled', 1 + 1)\"",
-            "RUN echo building-slowly && sleep 8 && echo done",
+            # A new token each run: a cached step would not be slow.
+            f"RUN echo building-slowly-{time.time_ns()} && sleep 8 && echo done",
         )
         repo = harness.repository({"Dockerfile": slow, "app.py": APP})
         harness.deliver("pull_request", repo.merged(labels=["version:4.0.0"]))
@@ -274,7 +275,8 @@ def test_killed_during_a_build_the_check_run_completes_after_restart(
         finally:
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
-        assert harness.store.job_counts()[JobState.RUNNING] == 1
+        stderr = worker.stderr.read().decode(errors="replace")
+        assert harness.store.job_counts()[JobState.RUNNING] == 1, stderr[-3000:]
         assert only(harness.final_check_runs(repo))["status"] == "in_progress"
 
         # What `serve` does at start-up: the previous life's running jobs go back in the queue.
@@ -288,7 +290,7 @@ def test_killed_during_a_build_the_check_run_completes_after_restart(
 
 
 def test_registry_down_is_an_infrastructure_error(fake_github, registry, data_dir):
-    """With the registry unreachable the check run fails and the status says `error`, not `failure`."""
+    """An unreachable registry fails the check run; the status says `error`, not `failure`."""
     harness = Harness(fake_github, "127.0.0.1:9", data_dir)
     try:
         repo = tiny_repo(harness)
