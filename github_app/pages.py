@@ -18,13 +18,13 @@ import hashlib
 import json
 import secrets
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, g, render_template, request, url_for
 
-from . import badges
+from . import badges, reporting
 from .buildlog import BuildLog
 from .jobs import BuildState
 from .runtime import current_runtime
@@ -72,14 +72,7 @@ def format_duration(seconds: float | None) -> str:
     """'42 s', '3 min 05 s', '1 h 02 min'; '' when unknown."""
     if seconds is None or seconds < 0:
         return ""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    return reporting.format_duration(timedelta(seconds=seconds))
 
 
 def format_time(timestamp: float | None) -> str:
