@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from builder import InvalidReference
+from builder import image_name_for as builder_image_name_for
 from github_app.errors import ServiceConfigError
 
 CONFIG_PATH = ".github/slipway.yml"
@@ -61,9 +63,10 @@ class Service:
 
 def image_name_for(repository_name: str) -> str:
     """The repository name made a valid image name: `My_Repo.Web` -> `my_repo.web`."""
-    name = re.sub(r"[^a-z0-9._-]", "-", repository_name.lower())
-    # Separators may not repeat or mix ("a..b", "a-.b"); a run of them becomes one "-".
-    name = re.sub(r"[._-]{2,}", "-", name).strip("._-")
+    try:
+        name = builder_image_name_for(repository_name.replace("/", "-"))
+    except InvalidReference:
+        name = ""
     if not name:
         raise ServiceConfigError(
             f"The repository name {repository_name!r} gives no valid image name: add "
