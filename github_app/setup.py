@@ -66,14 +66,18 @@ _lock = threading.Lock()
 # -- pure ---------------------------------------------------------------------
 
 
-def app_manifest(public_url: str, *, name: str = DEFAULT_APP_NAME) -> dict:
-    """The App manifest with Slipway's URLs under `public_url` (app-manifest.json, filled)."""
+def app_manifest(public_url: str, *, name: str = DEFAULT_APP_NAME,
+                 webhook_url: str | None = None) -> dict:
+    """The App manifest with Slipway's URLs under `public_url` (app-manifest.json, filled).
+
+    `webhook_url` replaces PUBLIC_URL/webhook, for a relay such as a smee.io channel.
+    """
     base = public_url.rstrip("/")
     return {
         "name": name,
         "url": base,
         "description": DESCRIPTION,
-        "hook_attributes": {"url": f"{base}/webhook", "active": True},
+        "hook_attributes": {"url": webhook_url or f"{base}/webhook", "active": True},
         "redirect_url": f"{base}/setup/callback",
         "public": False,
         "default_permissions": dict(PERMISSIONS),
@@ -98,6 +102,11 @@ def is_reachable_by_github(public_url: str) -> bool:
     host = (urlsplit(public_url).hostname or "").lower()
     return not (host in ("localhost", "0.0.0.0", "::1") or host.startswith("127.")
                 or "." not in host and ":" not in host)
+
+
+def _is_web_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and len(url) <= 2000
 
 
 def states_match(expected: str | None, given: str | None) -> bool:
@@ -225,13 +234,19 @@ def show_setup():
                            f"{org!r} is not a GitHub organization login (letters, digits and "
                            "hyphens, at most 39).")
     name = (request.args.get("name") or "").strip()[:_APP_NAME_MAX] or DEFAULT_APP_NAME
+    webhook_url = (request.args.get("webhook_url") or "").strip() or None
+    if webhook_url is not None and not _is_web_url(webhook_url):
+        return _error_page(400, "Not a webhook URL",
+                           "The webhook URL must be an http(s) URL such as "
+                           "https://smee.io/XXXX.")
     state = secrets.token_urlsafe(32)
     response = Response(render_template(
         "setup.html",
         action=new_app_url(config.api_url, state=state, org=org),
-        manifest=app_manifest(config.public_url, name=name),
+        manifest=app_manifest(config.public_url, name=name, webhook_url=webhook_url),
         org=org,
         name=name,
+        webhook_url=webhook_url,
         public_url=config.public_url,
         reachable=is_reachable_by_github(config.public_url),
         github=github_web_url(config.api_url),

@@ -346,3 +346,12 @@ def test_on_credentials_is_called_with_the_new_config(app, client, fake_github):
     state = start_setup(client)
     client.get(f"/setup/callback?code=hook&state={state}")
     assert [c.app_id for c in heard] == [str(fake_github.app_id)]
+
+
+def test_webhook_url_can_be_a_relay(client):
+    """?webhook_url= (a smee.io channel on a laptop) becomes the App's webhook URL."""
+    form = manifest_form(client.get("/setup?webhook_url=https://smee.io/abc123"))
+    manifest = json.loads(form["inputs"]["manifest"])
+    assert manifest["hook_attributes"]["url"] == "https://smee.io/abc123"
+    assert manifest["redirect_url"] == f"{PUBLIC_URL}/setup/callback"
+    assert client.get("/setup?webhook_url=javascript:alert(1)").status_code == 400
