@@ -18,7 +18,7 @@ MAX_WEBHOOK_BYTES = 25 * 1024 * 1024
 
 def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Flask:
     """The Flask app. Without `config`, reads it from the environment once."""
-    from github_app import health, pages, views
+    from github_app import health, pages, setup, views
     from github_app import metrics as metrics_module
     from github_app.config import Config
     from github_app.jobs import JobStore
@@ -43,7 +43,7 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
         engine_ping=engine_ping,
         extras={"wakeup": threading.Event()},
     )
-    for blueprint in (views.bp, pages.bp, health.bp, metrics_module.bp):
+    for blueprint in (views.bp, pages.bp, health.bp, metrics_module.bp, setup.bp):
         app.register_blueprint(blueprint)
     return app
 

@@ -41,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     from github_app.config import Config
 
     try:
-        config = Config.from_env(os.environ, require_app=command == "worker")
+        config = Config.from_env(os.environ, require_app=False)
         config = _with_stored_credentials(config)
         if command == "worker" and not config.app_id:
             raise ConfigError("GITHUB_APP_ID is not set: the App's id, shown on its settings page")
+        if command == "worker" and not config.private_key:
+            raise ConfigError(
+                "GITHUB_PRIVATE_KEY_PATH is not set: the path of the App's private key (.pem)"
+            )
     except SlipwayError as exc:
         print(f"slipway: {exc}", file=sys.stderr)
         return 2
@@ -61,10 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _with_stored_credentials(config):
     """App credentials saved by the /setup flow fill in what the environment lacks."""
-    try:
-        from github_app import credentials
-    except ImportError:  # the setup flow is optional
-        return config
+    from github_app import credentials
+
     if config.app_id:
         return config
     stored = credentials.load(config.data_dir)

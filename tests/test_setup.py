@@ -57,8 +57,6 @@ def make_app(data_dir: Path, api_url: str = "https://api.github.com", **config):
         Config(api_url=api_url, public_url=PUBLIC_URL, data_dir=data_dir, **config),
         engine_ping=lambda: None,
     )
-    if "setup" not in app.blueprints:  # until create_app registers it
-        app.register_blueprint(setup.bp)
     return app
 
 
@@ -162,8 +160,6 @@ def test_setup_page_warns_when_github_cannot_reach_public_url(data_dir):
     """With PUBLIC_URL on localhost, /setup says a tunnel is needed."""
     app = create_app(Config(public_url="http://localhost:8080", data_dir=data_dir),
                      engine_ping=lambda: None)
-    if "setup" not in app.blueprints:
-        app.register_blueprint(setup.bp)
     text = app.test_client().get("/setup").get_data(as_text=True)
     assert "GitHub cannot reach http://localhost:8080" in text
     assert "smee" in text
