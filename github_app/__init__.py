@@ -11,11 +11,6 @@ from github_app.runtime import Runtime
 
 __all__ = ["create_app"]
 
-# GitHub caps webhook payloads at 25 MB.
-# https://docs.github.com/en/webhooks/webhook-events-and-payloads#payload-cap
-MAX_WEBHOOK_BYTES = 25 * 1024 * 1024
-
-
 def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Flask:
     """The Flask app. Without `config`, reads it from the environment once."""
     from github_app import health, pages, setup, views
@@ -28,7 +23,7 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
 
         config = Config.from_env(os.environ, require_app=False)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_WEBHOOK_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = views.MAX_WEBHOOK_BYTES
     app.json.sort_keys = False
     if store is None:
         store = JobStore.from_data_dir(config.data_dir)
@@ -36,15 +31,16 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
         metrics = metrics_module.Metrics(queue_depth=store.queue_depth)
     if engine_ping is None:
         engine_ping = docker_engine_ping(config)
-    app.extensions["slipway"] = Runtime(
+    runtime = app.extensions["slipway"] = Runtime(
         config=config,
         store=store,
         metrics=metrics,
         engine_ping=engine_ping,
         extras={"wakeup": threading.Event()},
     )
-    for blueprint in (views.bp, pages.bp, health.bp, metrics_module.bp, setup.bp):
+    for blueprint in (pages.bp, health.bp, metrics_module.bp, setup.bp):
         app.register_blueprint(blueprint)
+    app.wsgi_app = views.WebhookEndpoint(app.wsgi_app, runtime)
     return app
 
 

@@ -9,12 +9,14 @@ everything, run.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from github_app.errors import ConfigError, SlipwayError
 
@@ -29,20 +31,17 @@ def main(argv: list[str] | None = None) -> int:
         "variables (see README.md).",
     )
     commands = parser.add_subparsers(dest="command")
-    serve = commands.add_parser("serve", help="web + worker in one process (the default)")
+    serve = commands.add_parser("serve", help="web + worker (the default)")
     serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"),
                        help="address to listen on (default 0.0.0.0, or HOST)")
-    serve.add_argument("--web-threads", type=int, default=8,
-                       help="threads answering HTTP requests (default 8)")
     commands.add_parser("worker", help="worker only (jobs from the same DATA_DIR)")
     args = parser.parse_args(argv)
     command = args.command or "serve"
 
-    from github_app.config import Config
-
     try:
-        config = Config.from_env(os.environ, require_app=False)
-        config = _with_stored_credentials(config)
+        config = load_config(os.environ)
+        if command == "worker" and config.worker_threads < 1:
+            raise ConfigError("WORKER_THREADS must be at least 1 for the worker command")
         if command == "worker" and not config.app_id:
             raise ConfigError("GITHUB_APP_ID is not set: the App's id, shown on its settings page")
         if command == "worker" and not config.private_key:
@@ -53,14 +52,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slipway: {exc}", file=sys.stderr)
         return 2
 
+    setup_logging(config)
+    if command == "worker":
+        return run_worker(config)
+    return run_serve(config, host=args.host)
+
+
+def load_config(environ):
+    """The config from the environment, completed by credentials the /setup flow stored."""
+    from github_app.config import Config
+
+    return _with_stored_credentials(Config.from_env(environ, require_app=False))
+
+
+def setup_logging(config) -> None:
     from github_app.logs import configure_logging, secrets_from_config
 
     configure_logging(level=config.log_level, secrets=secrets_from_config(config))
     # github3 narrates every URL it builds at INFO; keep its warnings only.
     logging.getLogger("github3").setLevel(max(logging.WARNING, logging.getLogger().level))
-    if command == "worker":
-        return run_worker(config)
-    return run_serve(config, host=args.host, web_threads=args.web_threads)
 
 
 def _with_stored_credentials(config):
@@ -95,61 +105,86 @@ def run_worker(config) -> int:
     return 0
 
 
-def run_serve(config, *, host: str, web_threads: int) -> int:
-    from gunicorn.app.base import BaseApplication
+def run_serve(config, *, host: str) -> int:
+    """Granian serves the app in WEB_WORKERS processes; one of them also builds."""
+    from granian import Granian
+    from granian.constants import Interfaces
 
-    from github_app import create_app
     from github_app.jobs import JobStore
 
     store = JobStore.from_data_dir(config.data_dir)
-    # Being the only process by default, every running job we find was left
-    # by our previous life: requeue it so its check run ends `completed`.
+    # Only this command's processes use the store by default, so every job
+    # still running was left by our previous life: requeue it, so that its
+    # check run ends `completed`.
     requeued = store.requeue_interrupted(force=True)
     if requeued:
         log.info("requeued %d interrupted job(s): %s", len(requeued), requeued)
     store.close()
-
-    class SlipwayServer(BaseApplication):
-        def load_config(self):
-            self.cfg.set("bind", f"{host}:{config.port}")
-            # One process: the worker threads live beside the web threads, and
-            # jobs of one repository are serialised by the store either way.
-            self.cfg.set("workers", 1)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", web_threads)
-            self.cfg.set("timeout", 0)  # workers are long-lived threads, not requests
-            self.cfg.set("accesslog", None)
-            self.cfg.set("errorlog", "-")
-            self.cfg.set("loglevel", "warning")
-
-        def load(self):
-            app = create_app(config)
-            start_worker_when_set_up(app)
-            return app
-
-    log.info("serving on %s:%d", host, config.port)
-    SlipwayServer().run()
+    log.info("serving on %s:%d with %d web process(es)", host, config.port, config.web_workers)
+    # A Rust HTTP server: gunicorn's pure-Python parsing cost more CPU per
+    # delivery than the whole of Slipway's own handling (bench/webhook_load.py).
+    Granian(
+        "github_app.__main__:serving_app",
+        factory=True,
+        address=host,
+        port=config.port,
+        interface=Interfaces.WSGI,
+        workers=config.web_workers,
+        blocking_threads=config.web_threads,
+        respawn_failed_workers=True,
+        log_level="warning",
+    ).serve()
     return 0
 
 
-def start_worker_when_set_up(app) -> threading.Thread:
-    """Start the build worker in this process once the App has credentials.
+def serving_app():
+    """The app of one web process (Granian calls this in each of them)."""
+    from github_app import create_app
 
-    Without them (first start, before /setup), the web side runs alone and the
-    worker starts as soon as the setup flow stores the App's credentials."""
+    config = load_config(os.environ)
+    setup_logging(config)
+    app = create_app(config)
+    if config.worker_threads > 0:
+        start_worker_when_set_up(app)
+    return app
+
+
+def start_worker_when_set_up(app) -> threading.Thread:
+    """Run the build worker in this process once it holds DATA_DIR's worker lock.
+
+    Several web processes serve the same DATA_DIR; the one holding the lock
+    builds, and when it dies the lock passes to another. Without App
+    credentials (before /setup) the worker waits until the setup stores them."""
     runtime = app.extensions["slipway"]
 
     def run() -> None:
+        lock = _hold_worker_lock(runtime.config.data_dir)
         while not runtime.config.app_id:
             time.sleep(1.0)
         worker = build_worker(runtime.config, runtime.store, metrics=runtime.metrics,
                               wakeup=runtime.extras["wakeup"])
         runtime.extras["worker"] = worker
-        worker.run()
+        try:
+            worker.run()
+        finally:
+            lock.close()
 
     thread = threading.Thread(target=run, name="slipway-worker", daemon=True)
     thread.start()
     return thread
+
+
+def _hold_worker_lock(data_dir):
+    """Block until this process holds the worker lock; the open file keeps it."""
+    path = Path(data_dir) / "worker.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a")  # noqa: SIM115 - held for the life of the worker
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            time.sleep(2.0)
 
 
 def _stop_on_signals(stop) -> None:

@@ -51,6 +51,8 @@ class Config:
     docker_host: str | None = None
     port: int = 8080
     worker_threads: int = 2
+    web_workers: int = 2
+    web_threads: int = 4
     log_level: str = "INFO"
 
     @property
@@ -117,7 +119,15 @@ class Config:
             docker_host=env.get("DOCKER_HOST"),
             port=_int(env, "PORT", 8080, low=1, high=65535, meaning="a TCP port"),
             worker_threads=_int(
-                env, "WORKER_THREADS", 2, low=1, high=64, meaning="the number of builds run at once"
+                env, "WORKER_THREADS", 2, low=0, high=64,
+                meaning="the number of builds run at once (0: serve only the web side)",
+            ),
+            web_workers=_int(
+                env, "WEB_WORKERS", 2, low=1, high=64, meaning="the number of web processes"
+            ),
+            web_threads=_int(
+                env, "WEB_THREADS", 4, low=1, high=256,
+                meaning="the number of request threads per web process",
             ),
             log_level=_log_level(env),
         )

@@ -31,6 +31,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .errors import SlipwayError
 from .webhooks import BuildKind
 
@@ -272,9 +274,12 @@ class JobStore:
             connection.row_factory = sqlite3.Row
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode survives a crash of the process; FULL also
-            # survives a power cut, so a 202 to GitHub is never forgotten.
-            connection.execute("PRAGMA synchronous = FULL")
+            # NORMAL in WAL mode: a committed job survives a crash or kill of
+            # the process (the WAL is written before the 202); only a power cut
+            # within the last checkpoint could lose one. FULL closes that gap
+            # at one fsync per delivery, which capped the webhook handler at a
+            # fraction of Probot's throughput (bench/webhook_load.py).
+            connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"Cannot open the job store {self.path}: {exc}") from exc
@@ -351,7 +356,7 @@ class JobStore:
             delivery_id,
             repository,
             JobKind(kind).value,
-            json.dumps(request, separators=(",", ":")),
+            orjson.dumps(request).decode(),
             JobState.QUEUED.value,
             self.clock(),
         )

@@ -184,9 +184,13 @@ def adopt_credentials(runtime: Any, stored: dict) -> bool:
 
 @bp.before_app_request
 def _pick_up_stored_credentials() -> None:
-    # Another process (or an earlier run) may have finished the setup: one stat
-    # per request, and only while this app has no App credentials.
-    runtime = current_runtime()
+    pick_up_stored_credentials(current_runtime())
+
+
+def pick_up_stored_credentials(runtime: Any) -> None:
+    """Adopt the App credentials another process (or an earlier run) stored.
+
+    One stat per request, and only while this app has no App credentials."""
     config = runtime.config
     if config.has_app_credentials or config.app_id or config.private_key or config.webhook_secret:
         return

@@ -12,11 +12,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from github_app.errors import WebhookRejected
 
@@ -111,7 +112,8 @@ def verify_signature(body: bytes, signature: str | None, secrets: Sequence[str])
 
 def _parse_body(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
+        # orjson: the payload is ~25 KB and parsing it was a tenth of the handler's CPU.
+        payload = orjson.loads(body)
     except (UnicodeDecodeError, ValueError):
         raise WebhookRejected(
             400, "The body is not JSON: set the webhook's content type to application/json."

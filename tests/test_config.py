@@ -150,7 +150,7 @@ def test_setup_mode_still_checks_values_that_are_given():
         ("PORT", "http"),
         ("PORT", "0"),
         ("PORT", "65536"),
-        ("WORKER_THREADS", "0"),
+        ("WORKER_THREADS", "-1"),
         ("GITHUB_API_URL", "api.github.com"),
         ("GITHUB_API_URL", "ftp://api.github.com"),
         ("PUBLIC_URL", "localhost:8080"),
