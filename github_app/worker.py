@@ -27,7 +27,7 @@ from pathlib import Path
 
 import builder
 from builder import registry as registry_api
-from github_app import reporting
+from github_app import logs, reporting
 from github_app.buildlog import BuildLog
 from github_app.errors import (
     INFRASTRUCTURE,
@@ -133,6 +133,10 @@ class Worker:
 
     def process(self, job: Job, worker_id: str) -> None:
         """Run one claimed job; every service's check run ends `completed`."""
+        with logs.bound(delivery_id=job.delivery_id, job_id=job.id):
+            self._process(job, worker_id)
+
+    def _process(self, job: Job, worker_id: str) -> None:
         heartbeat = _Heartbeat(self.store, job.id, worker_id)
         heartbeat.start()
         try:
