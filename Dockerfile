@@ -20,7 +20,6 @@ RUN pip install --no-cache-dir /tmp/slipway \
 # Not root. The Docker socket belongs to root and the host's `docker` group,
 # whose gid differs between machines: give it with `group_add` in compose or
 # `docker run --group-add $(stat -c %g /var/run/docker.sock)`.
-# gunicorn keeps its control socket under the home directory, so it must exist.
 RUN useradd --system --uid 10001 --create-home --shell /usr/sbin/nologin slipway \
     && mkdir -p /data \
     && chown slipway:slipway /data
