@@ -87,7 +87,8 @@ def build_worker(config, store, *, metrics=None, wakeup=None):
     from github_app.github import GitHubApp
     from github_app.worker import Worker
 
-    github = GitHubApp(config.api_url, config.app_id, config.private_key)
+    github = GitHubApp(config.api_url, config.app_id, config.private_key,
+                       on_call=metrics.github_api_call if metrics is not None else None)
     return Worker(config, store, github, metrics=metrics, wakeup=wakeup)
 
 

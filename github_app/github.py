@@ -173,8 +173,10 @@ class _Session:
             else:
                 if not isinstance(result, requests.Response):
                     log.debug("GitHub %s %s -> 200", method, template)
+                    self._app._observe(200)
                     return result
                 response = result
+            self._app._observe(None if response is None else response.status_code)
             if response is not None:
                 log.debug("GitHub %s %s -> %s", method, template, response.status_code)
                 if response.status_code < 400 or response.status_code in accept:
@@ -271,8 +273,11 @@ class GitHubApp:
         clock: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
         user_agent: str = "slipway",
+        on_call: Callable[[int | None], None] | None = None,
     ):
         self.app_id = str(app_id)
+        # Told the status of every answer (None: no answer), for /metrics.
+        self._on_call = on_call
         self._key = private_key_pem
         self._clock = clock
         self._retry = retry or RetryPolicy()
@@ -289,6 +294,10 @@ class GitHubApp:
 
     def __repr__(self) -> str:
         return f"<GitHubApp {self.app_id} at {self._root}>"
+
+    def _observe(self, status: int | None) -> None:
+        if self._on_call is not None:
+            self._on_call(status)
 
     @property
     def api_root(self) -> str:

@@ -183,17 +183,12 @@ class Worker:
         except GitHubError as exc:
             log.warning("could not report build %s: %s", build.id, exc,
                         extra={"build_id": build.id})
-            self._count_github(exc.status)
             return False
         self.store.update_build(build.id, reported=True)
         return True
 
     def details_url(self, build_id: int) -> str:
         return f"{self.config.public_url}/builds/{build_id}"
-
-    def _count_github(self, status) -> None:
-        if self.metrics is not None:
-            self.metrics.github_api_call(status or "unreachable")
 
 
 class JobRun:

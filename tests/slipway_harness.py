@@ -93,7 +93,8 @@ class Harness:
     def github(self) -> GitHubApp:
         # Fast retries: the tests inject 5xx and must not wait for real backoff.
         return GitHubApp(self.config.api_url, self.config.app_id, self.config.private_key,
-                         retry=RetryPolicy(max_attempts=4, base_delay=0.01, max_total_wait=5))
+                         retry=RetryPolicy(max_attempts=4, base_delay=0.01, max_total_wait=5),
+                         on_call=self.runtime.metrics.github_api_call)
 
     def worker(self, **options) -> Worker:
         return Worker(self.config, self.store, self.github(), metrics=self.runtime.metrics,

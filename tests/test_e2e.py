@@ -192,6 +192,8 @@ def test_github_502_then_200_is_retried(harness, registry):
     assert run["conclusion"] == "success"
     injected = [r for r in harness.fake.requests if r.injected]
     assert len(injected) == 3
+    scrape = requests.get(f"{harness.url}/metrics", timeout=10).text
+    assert 'slipway_github_api_calls_total{status="502"} 3.0' in scrape
 
 
 def test_a_version_published_from_another_commit_is_refused(harness, registry):
