@@ -1,26 +1,39 @@
-"""Webhook load: Slipway's `POST /webhook` under gunicorn against a minimal Probot app.
+"""Webhook load: Slipway's `POST /webhook`, served as production serves it, against Probot.
 
-Issue 3, item 8. One run starts both servers on free loopback ports, sends the
-same signed `pull_request` `closed` webhook (the real example of npm package
-`@octokit/webhooks-examples`, changed to `merged: true` into `develop` so that
-Slipway takes its enqueue path) with `wrk` at each concurrency, interleaving the
-servers, and prints throughput, p50/p99 latency, non-2xx answers and the CPU
-that the server and the load generator used. Every request carries a unique
-`X-GitHub-Delivery` id, so Slipway never answers "duplicate".
+Issue 3, item 8, first measurement. One run starts the servers on free loopback
+ports, sends the same signed `pull_request` `closed` webhook (the real example
+of npm package `@octokit/webhooks-examples`, changed to `merged: true` into
+`develop` so that Slipway takes its enqueue path) with `wrk` at each
+concurrency, interleaving the servers, and prints throughput, p50/p99 latency,
+non-2xx answers and the CPU that the server and the load generator used.
+Every request carries a unique `X-GitHub-Delivery` id, so Slipway never
+answers "duplicate".
 
-Same CPU budget: Node runs JavaScript on one thread, and Python's GIL does the
-same inside one gunicorn worker, so the fair pair is one gunicorn worker
-(gthread) against one node process, both pinned to the same CPU with taskset;
-wrk runs pinned to the other CPU. Slipway is also measured as production runs
-it: `python -m github_app serve` settings (one gunicorn gthread worker, 8
-threads, no access log), not pinned. Its build worker threads are not started
-here: with no GitHub to talk to they would only fail jobs, which production
-does not do thousands of times a second.
+Slipway runs exactly as production starts it, `python -m github_app serve
+--host 127.0.0.1` (Granian, WSGI), with three settings: `WORKER_THREADS=0`
+(no build worker: GitHub is unreachable here, so it would only churn through
+failing jobs; in production the builds run in it), `LOG_LEVEL=WARNING` (to
+match Probot's `LOG_LEVEL=warn`: neither writes a line per delivery), and for
+the same-CPU row `WEB_WORKERS=1`. Rows:
 
-    python bench/webhook_load.py [--duration 10] [--concurrency 16 64] [--only slipway|probot]
+    slipway-1cpu   WEB_WORKERS=1, pinned with taskset to the CPU of probot-1cpu
+                   (same CPU budget: one node process against one Python process)
+    slipway-serve  production defaults (WEB_WORKERS unset = 2 processes), unpinned
+    probot-1cpu    `probot run` of bench/probot/index.js, one node process, pinned
+
+wrk runs pinned to another CPU. Both Slipway rows are compared with
+probot-1cpu: "same CPU" for slipway-1cpu, "production defaults" for
+slipway-serve (Probot runs as one node process in production too; Slipway then
+uses more than one CPU, which the req/CPU-s column shows).
+
+    python bench/webhook_load.py [--duration 10] [--rounds 2] [--concurrency 16 64]
 
 Needs `wrk` (apt-get install -y wrk), node 20 and npm; installs bench/probot's
 node_modules with `npm ci` when they are missing. See bench/README.md.
+
+Item 8's second measurement, webhook to completed check run against plain
+`docker build` + `docker push`, is bench/e2e_overhead.py (it needs the engine
+and the registry).
 """
 
 from __future__ import annotations
@@ -34,7 +47,6 @@ import hmac
 import json
 import os
 import secrets
-import shlex
 import shutil
 import signal
 import socket
@@ -56,8 +68,8 @@ TARGET_BRANCH = "develop"
 # Any call to GitHub goes to a closed loopback port and fails at once: neither
 # server may reach api.github.com, and neither should try while acknowledging.
 NOWHERE = "127.0.0.1:9"
-# What `python -m github_app serve` sets (github_app/__main__.py, run_serve).
-SERVE_GUNICORN = "-w 1 -k gthread --threads 8 --timeout 0 --log-level warning"
+# Slipway's LOG_LEVEL for each Probot LOG_LEVEL that --log-level offers.
+SLIPWAY_LOG_LEVEL = {"warn": "WARNING", "info": "INFO"}
 # Processes that the benchmark started, stopped by pid on every exit path.
 _started: list[subprocess.Popen] = []
 
@@ -92,105 +104,6 @@ def delivery_headers(body: bytes, delivery_id: str) -> dict[str, str]:
     }
 
 
-# -- what-if knobs: measure a fix before it goes into github_app ----------------------------------
-
-WHAT_IF_KNOBS = ("BENCH_SYNCHRONOUS", "BENCH_ENQUEUE_LOCK", "BENCH_GROUP_COMMIT")
-
-
-def what_if() -> dict[str, str]:
-    return {k: os.environ[k] for k in WHAT_IF_KNOBS if os.environ.get(k)}
-
-
-def create_slipway_app():
-    """`github_app.create_app()`, changed only by the BENCH_* knobs that are set.
-
-    With none set (the default) this is exactly the production app. The knobs
-    patch `JobStore` in this process only, to measure a fix before it is made:
-    BENCH_SYNCHRONOUS=NORMAL (WAL without an fsync per commit), BENCH_ENQUEUE_LOCK=1
-    (threads queue on a Python lock, not on SQLite's busy handler, which sleeps
-    1, 2, 5 ... 100 ms between retries), BENCH_GROUP_COMMIT=1 (one writer thread
-    commits the waiting enqueues together)."""
-    import threading
-
-    from github_app import create_app
-    from github_app.jobs import JobStore
-
-    knobs = what_if()
-    if "BENCH_SYNCHRONOUS" in knobs:
-        connect = JobStore._connect
-
-        def _connect(self):
-            connection = connect(self)
-            connection.execute(f"PRAGMA synchronous = {knobs['BENCH_SYNCHRONOUS']}")
-            return connection
-
-        JobStore._connect = _connect
-    enqueue_now = JobStore.enqueue
-    if "BENCH_GROUP_COMMIT" in knobs:
-        writers: dict[int, GroupCommit] = {}
-        writers_lock = threading.Lock()
-
-        def enqueue(self, delivery_id, **job):
-            with writers_lock:
-                writer = writers.setdefault(id(self), GroupCommit(self, enqueue_now))
-            return writer.enqueue(delivery_id, **job)
-
-        JobStore.enqueue = enqueue
-    elif "BENCH_ENQUEUE_LOCK" in knobs:
-        lock = threading.Lock()
-
-        def enqueue(self, delivery_id, **job):
-            with lock:
-                return enqueue_now(self, delivery_id, **job)
-
-        JobStore.enqueue = enqueue
-    return create_app()
-
-
-class GroupCommit:
-    """BENCH_GROUP_COMMIT: one writer thread commits the waiting enqueues together.
-
-    Every request still waits for the commit that holds its job (synchronous=FULL
-    keeps its promise), but one fsync covers the whole batch."""
-
-    def __init__(self, store, enqueue_now, max_batch: int = 256):
-        import queue
-        import threading
-
-        self.store, self.enqueue_now, self.max_batch = store, enqueue_now, max_batch
-        self.pending: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._write_batches, daemon=True, name="group-commit").start()
-
-    def enqueue(self, delivery_id: str, **job):
-        from concurrent.futures import Future
-
-        done: Future = Future()
-        self.pending.put((delivery_id, job, done))
-        return done.result(timeout=30)
-
-    def _write_batches(self) -> None:
-        import queue
-
-        while True:
-            batch = [self.pending.get()]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < self.max_batch:
-                    batch.append(self.pending.get_nowait())
-            connection = self.store._connection()  # this thread's, in autocommit mode
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                results = [self.enqueue_now(self.store, d, **job) for d, job, _ in batch]
-                connection.execute("COMMIT")
-            except Exception as exc:
-                with contextlib.suppress(Exception):
-                    connection.execute("ROLLBACK")
-                for _, _, done in batch:
-                    done.set_exception(exc)
-                continue
-            for (_, _, done), result in zip(batch, results, strict=True):
-                done.set_result(result)
-
-
 # -- processes -----------------------------------------------------------------------------------
 
 
@@ -208,7 +121,7 @@ def start(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> subp
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM by pid, SIGKILL after 10 s (gunicorn stops its workers on SIGTERM)."""
+    """SIGTERM by pid, SIGKILL after 10 s (Granian stops its worker processes on SIGTERM)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -272,13 +185,18 @@ def pin(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus else []
 
 
-def start_slipway(name: str, workdir: Path, key_pem: Path, *, gunicorn_args: list[str],
-                  cpus: str | None) -> Server:
+def start_slipway(name: str, workdir: Path, key_pem: Path, *, web_workers: int | None,
+                  cpus: str | None, log_level: str) -> Server:
+    """`python -m github_app serve`, as production starts it, on a fresh DATA_DIR.
+
+    web_workers None leaves WEB_WORKERS unset (the production default)."""
     data_dir = workdir / f"{name}-data"
     data_dir.mkdir()
     port = free_port()
-    env = {
-        **os.environ,
+    # Nothing of this shell's Slipway settings leaks in: unset means the default.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WEB_WORKERS", "WEB_THREADS", "WORKER_THREADS", "LOG_LEVEL", "HOST")}
+    env.update({
         "GITHUB_APP_ID": "1",
         "GITHUB_PRIVATE_KEY_PATH": str(key_pem),
         "GITHUB_WEBHOOK_SECRET": SECRET,
@@ -287,17 +205,24 @@ def start_slipway(name: str, workdir: Path, key_pem: Path, *, gunicorn_args: lis
         "REGISTRY": NOWHERE,
         "PUBLIC_URL": f"http://127.0.0.1:{port}",
         "DATA_DIR": str(data_dir),
+        "PORT": str(port),
+        # No build worker: with GitHub unreachable it would only fail jobs.
+        "WORKER_THREADS": "0",
+        "LOG_LEVEL": log_level,
         "PYTHONUNBUFFERED": "1",
-    }
-    # Exactly `github_app:create_app()` unless a BENCH_* what-if knob is set.
-    target = "webhook_load:create_slipway_app()" if what_if() else "github_app:create_app()"
-    argv = [*pin(cpus), sys.executable, "-m", "gunicorn", *gunicorn_args,
-            "--bind", f"127.0.0.1:{port}", "--pythonpath", str(BENCH), target]
+    })
+    settings = ["WORKER_THREADS=0", f"LOG_LEVEL={log_level}"]
+    if web_workers is not None:
+        env["WEB_WORKERS"] = str(web_workers)
+        settings.insert(0, f"WEB_WORKERS={web_workers}")
+    else:
+        settings.insert(0, "WEB_WORKERS unset (2)")
+    argv = [*pin(cpus), sys.executable, "-m", "github_app", "serve", "--host", "127.0.0.1"]
     log = workdir / f"{name}.log"
     proc = start(argv, env=env, cwd=ROOT, log=log)
     wait_until_up(f"http://127.0.0.1:{port}/webhook", proc, log)  # GET: 405 once up
     cpu_note = f"taskset -c {cpus}" if cpus else "all CPUs"
-    describe = f"gunicorn {' '.join(gunicorn_args)} '{target}' ({cpu_note})"
+    describe = f"python -m github_app serve, {', '.join(settings)} ({cpu_note})"
     return Server(name, "slipway", f"http://127.0.0.1:{port}/webhook", proc, describe)
 
 
@@ -512,6 +437,14 @@ def print_rows(rows: list[Measurement]) -> None:
               f"{m.server_cpu_pct:>8.0f} {per_cpu_second(m):>9.0f} {m.wrk_cpu_pct:>8.0f}")
 
 
+# What each Slipway row's ratio to probot-1cpu means.
+COMPARISON = {
+    "slipway-1cpu": "same CPU (1 Slipway web process and 1 node process, both on the pinned CPU)",
+    "slipway-serve": "production defaults (Slipway: 2 web processes, unpinned; "
+                     "Probot: its one node process)",
+}
+
+
 def print_summary(rows: list[Measurement], concurrencies: list[int]) -> None:
     """Medians over the rounds, and Slipway / Probot ratios (target: req/s >= 1, p99 <= 1)."""
     names = list(dict.fromkeys(m.server for m in rows))
@@ -538,30 +471,15 @@ def print_summary(rows: list[Measurement], concurrencies: list[int]) -> None:
     for name in names:
         if name == probot:
             continue
+        print(f"{name} against {probot}: {COMPARISON.get(name, name)}")
         for c in concurrencies:
             if (name, c) in medians and (probot, c) in medians:
                 rps, p99, efficiency = medians[name, c]
                 prps, pp99, pefficiency = medians[probot, c]
                 verdict = "meets" if rps >= prps and p99 <= pp99 else "MISSES"
-                print(f"{name:<15} c={c:<3} throughput {rps / prps:5.2f}x   "
+                print(f"  {name:<15} c={c:<3} throughput {rps / prps:5.2f}x   "
                       f"p99 {p99 / pp99:5.2f}x   req/CPU-s {efficiency / pefficiency:5.2f}x   "
                       f"{verdict} the target")
-
-
-# -- item 8, second measurement: TODO, not measured here ------------------------------------------
-
-
-def measure_end_to_end_against_docker(context: Path, *, rounds: int = 3) -> None:
-    """TODO (lead): issue 3 item 8, second measurement; not part of this script's run.
-
-    End-to-end time from a signed webhook to the check run `completed` for
-    `microservice/`, against plain `docker build` + `docker push` of the same
-    context, cold. Target: Slipway within 1.15x of plain docker. The lead is
-    writing it as bench/e2e_overhead.py (it needs the worker, the fake GitHub
-    of tests/, the engine and the registry). Nothing is measured here and no
-    number is printed.
-    """
-    raise NotImplementedError("see bench/e2e_overhead.py")
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -589,13 +507,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="CPUs of the fair pair, taskset syntax (0); '' for no pinning")
     p.add_argument("--wrk-cpus", default="1", help="CPUs of wrk (1); '' for no pinning")
     p.add_argument("--wrk-threads", type=int, default=1)
-    p.add_argument("--fair-gunicorn", default=SERVE_GUNICORN,
-                   help=f"gunicorn options of the pinned Slipway ({SERVE_GUNICORN})")
-    p.add_argument("--serve-gunicorn", default=SERVE_GUNICORN,
-                   help="gunicorn options of the unpinned Slipway, as `serve` sets them"
-                        " ('' to skip)")
-    p.add_argument("--probot-log-level", default="warn",
-                   help="Probot's LOG_LEVEL (warn: no line per request; Probot's default: info)")
+    p.add_argument("--log-level", choices=list(SLIPWAY_LOG_LEVEL), default="warn",
+                   help="Probot's LOG_LEVEL, and Slipway's as its match (warn = WARNING: no line"
+                        " per delivery; both default to info in production)")
     p.add_argument("--json", type=Path, help="also write every measurement to this file")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, job store)")
     return p.parse_args(argv)
@@ -618,21 +532,19 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Measurement] = []
     try:
         if args.only != "probot":
-            servers.append(start_slipway(
-                "slipway-1cpu", workdir, key,
-                gunicorn_args=shlex.split(args.fair_gunicorn), cpus=server_cpus))
-            if args.serve_gunicorn:
-                servers.append(start_slipway(
-                    "slipway-serve", workdir, key,
-                    gunicorn_args=shlex.split(args.serve_gunicorn), cpus=None))
+            slipway_log_level = SLIPWAY_LOG_LEVEL[args.log_level]
+            servers.append(start_slipway("slipway-1cpu", workdir, key, web_workers=1,
+                                         cpus=server_cpus, log_level=slipway_log_level))
+            servers.append(start_slipway("slipway-serve", workdir, key, web_workers=None,
+                                         cpus=None, log_level=slipway_log_level))
         if args.only != "slipway":
             ensure_probot_installed()
             servers.append(start_probot("probot-1cpu", workdir, key, cpus=server_cpus,
-                                        log_level=args.probot_log_level))
+                                        log_level=args.log_level))
         print(f"payload: pull_request closed example, merged into {TARGET_BRANCH}, "
               f"{len(body)} bytes")
-        if what_if():
-            print(f"  WHAT-IF, not Slipway as shipped: JobStore patched by {what_if()}")
+        print(f"  logging matched: Probot LOG_LEVEL={args.log_level}, Slipway "
+              f"LOG_LEVEL={SLIPWAY_LOG_LEVEL[args.log_level]}")
         for s in servers:
             print(f"  {s.name:<13} {s.describe}\n  {'':<13} {s.url} -> "
                   f"{check_acknowledges(s, body)}")
