@@ -18,7 +18,7 @@ the same-CPU row `WEB_WORKERS=1`. Rows:
 
     slipway-1cpu   WEB_WORKERS=1, pinned with taskset to the CPU of probot-1cpu
                    (same CPU budget: one node process against one Python process)
-    slipway-serve  production defaults (WEB_WORKERS unset = 2 processes), unpinned
+    slipway-serve  production defaults (WEB_WORKERS unset = 1 process), unpinned
     probot-1cpu    `probot run` of bench/probot/index.js, one node process, pinned
 
 wrk runs pinned to another CPU. Both Slipway rows are compared with
@@ -216,7 +216,7 @@ def start_slipway(name: str, workdir: Path, key_pem: Path, *, web_workers: int |
         env["WEB_WORKERS"] = str(web_workers)
         settings.insert(0, f"WEB_WORKERS={web_workers}")
     else:
-        settings.insert(0, "WEB_WORKERS unset (2)")
+        settings.insert(0, "WEB_WORKERS unset (1)")
     argv = [*pin(cpus), sys.executable, "-m", "github_app", "serve", "--host", "127.0.0.1"]
     log = workdir / f"{name}.log"
     proc = start(argv, env=env, cwd=ROOT, log=log)
@@ -440,7 +440,7 @@ def print_rows(rows: list[Measurement]) -> None:
 # What each Slipway row's ratio to probot-1cpu means.
 COMPARISON = {
     "slipway-1cpu": "same CPU (1 Slipway web process and 1 node process, both on the pinned CPU)",
-    "slipway-serve": "production defaults (Slipway: 2 web processes, unpinned; "
+    "slipway-serve": "production defaults (Slipway: 1 web process, unpinned; "
                      "Probot: its one node process)",
 }
 

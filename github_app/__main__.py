@@ -109,7 +109,7 @@ def run_worker(config) -> int:
 def run_serve(config, *, host: str) -> int:
     """Granian serves the app in WEB_WORKERS processes; one of them also builds."""
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import HTTPModes, Interfaces
 
     from github_app.jobs import JobStore
 
@@ -130,6 +130,8 @@ def run_serve(config, *, host: str) -> int:
         address=host,
         port=config.port,
         interface=Interfaces.WSGI,
+        # GitHub delivers webhooks over HTTP/1.1; no per-connection protocol sniffing.
+        http=HTTPModes.http1,
         workers=config.web_workers,
         blocking_threads=config.web_threads,
         respawn_failed_workers=True,

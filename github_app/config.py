@@ -51,7 +51,7 @@ class Config:
     docker_host: str | None = None
     port: int = 8080
     worker_threads: int = 2
-    web_workers: int = 2
+    web_workers: int = 1
     web_threads: int = 4
     log_level: str = "INFO"
 
@@ -123,7 +123,7 @@ class Config:
                 meaning="the number of builds run at once (0: serve only the web side)",
             ),
             web_workers=_int(
-                env, "WEB_WORKERS", 2, low=1, high=64, meaning="the number of web processes"
+                env, "WEB_WORKERS", 1, low=1, high=64, meaning="the number of web processes"
             ),
             web_threads=_int(
                 env, "WEB_THREADS", 4, low=1, high=256,

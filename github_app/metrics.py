@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -76,6 +77,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_QueueDepthCollector(self))
+        self._webhook_children: dict[tuple[str, str], Any] = {}
 
     def bind_queue_depth(self, source: Callable[[], int]) -> None:
         """Read the queue depth from `source` (usually `JobStore.queue_depth`) at each scrape."""
@@ -83,7 +85,12 @@ class Metrics:
 
     def webhook_received(self, event: str, outcome: str) -> None:
         """Count one delivery: outcome is e.g. accepted, ignored, duplicate, rejected."""
-        self.webhooks_received.labels(event=event or "unknown", outcome=outcome).inc()
+        key = (event or "unknown", outcome)
+        # On the webhook's hot path: `labels()` takes a lock and builds a key each time.
+        child = self._webhook_children.get(key)
+        if child is None:
+            child = self._webhook_children[key] = self.webhooks_received.labels(*key)
+        child.inc()
 
     def build_finished(self, conclusion: str, duration_seconds: float | None) -> None:
         """Count one finished build and observe how long it took."""
