@@ -310,3 +310,117 @@ def test_healthz_answers_over_real_http(harness):
     """The running app reports its store and the Docker engine as healthy."""
     answer = requests.get(f"{harness.url}/healthz", timeout=10)
     assert answer.status_code == 200, answer.text
+
+
+def test_rerun_all_checks_builds_the_suite_again(harness, registry):
+    """"Re-run all checks" (check_suite rerequested) rebuilds the merge of that head commit."""
+    from tests.payloads import load_event
+
+    repo = tiny_repo(harness)
+    harness.deliver("pull_request", repo.merged(labels=["version:5.0.0"]))
+    harness.run_worker()
+    run = only(harness.final_check_runs(repo))
+    event = load_event("check_suite", "rerequested")
+    event["check_suite"].update(id=run["check_suite"]["id"], head_sha=repo.head_sha)
+    event["check_suite"]["app"]["id"] = harness.fake.app_id
+    event["installation"] = {"id": repo.installation_id, "node_id": "x"}
+    event["repository"]["name"], event["repository"]["full_name"] = repo.name, repo.full_name
+    event["repository"]["owner"]["login"] = repo.owner
+    answer = harness.deliver("check_suite", event)
+    assert answer.status_code == 202, answer.text
+    harness.run_worker()
+    builds = harness.store.recent_builds(repository=repo.full_name)
+    assert len(builds) == 2 and all(b.state is BuildState.SUCCEEDED for b in builds)
+    assert builds[0].check_run_id != builds[1].check_run_id
+    assert registry.tags(repo.name) == ["5.0.0"]
+
+
+def test_serve_killed_during_a_build_completes_the_check_run_after_restart(
+    fake_github, registry, data_dir, tmp_path
+):
+    """`python -m github_app serve` killed mid-build: started again, it finishes the check run."""
+    harness = Harness(fake_github, registry.address, data_dir / "harness")
+    try:
+        slow = TINY_DOCKERFILE.replace(
+            "RUN python3 -c \"print('compiled', 1 + 1)\"",
+            f"RUN echo serve-slowly-{time.time_ns()} && sleep 8 && echo done",
+        )
+        repo = harness.repository({"Dockerfile": slow, "app.py": APP})
+        key = tmp_path / "app.pem"
+        key.write_bytes(fake_github.private_key_pem)
+        port = _free_port()
+        env = {
+            **os.environ,
+            "GITHUB_APP_ID": str(fake_github.app_id),
+            "GITHUB_PRIVATE_KEY_PATH": str(key),
+            "GITHUB_WEBHOOK_SECRET": SECRET,
+            "GITHUB_API_URL": fake_github.url,
+            "REGISTRY": registry.address,
+            "DATA_DIR": str(data_dir / "serve"),
+            "BUILD_NETWORK": "host",
+            "PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "PORT": str(port),
+            "WEB_WORKERS": "1",
+        }
+        url = f"http://127.0.0.1:{port}"
+        serve = _start_serve(env, url)
+        try:
+            body_payload = repo.merged(labels=["version:6.0.0"])
+            from tests.payloads import to_body, webhook_headers
+
+            body = to_body(body_payload)
+            answer = requests.post(f"{url}/webhook", data=body, timeout=10,
+                                   headers=webhook_headers("pull_request", body, SECRET))
+            assert answer.status_code == 202, answer.text
+            _wait(lambda: [r for r in harness.final_check_runs(repo)
+                           if r["status"] == "in_progress"], "the check run to open")
+            time.sleep(1.5)  # inside the slow RUN step
+        finally:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(timeout=10)
+        assert only(harness.final_check_runs(repo))["status"] == "in_progress"
+
+        serve = _start_serve(env, url)
+        try:
+            _wait(lambda: only(harness.final_check_runs(repo))["status"] == "completed",
+                  "the check run to complete after the restart", timeout=120)
+        finally:
+            os.killpg(serve.pid, signal.SIGTERM)
+            serve.wait(timeout=30)
+        run = only(harness.final_check_runs(repo))
+        assert run["conclusion"] == "success", run["output"]
+        assert registry.tags(repo.name) == ["6.0.0"]
+    finally:
+        harness.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_serve(env: dict, url: str) -> subprocess.Popen:
+    # Its own process group: the test ends Granian and its worker process together.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "github_app", "serve", "--host", "127.0.0.1"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    def up():
+        try:
+            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+    _wait(up, "serve to answer /healthz")
+    return proc
+
+
+def _wait(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
