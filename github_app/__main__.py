@@ -1,8 +1,9 @@
 """`python -m github_app serve | worker`: read the environment once, build
 everything, run.
 
-    serve    web + worker in one process (the default): gunicorn serves the
-             Flask app, and the worker threads build in the same process
+    serve    web + worker (the default): Granian serves the Flask app in
+             WEB_WORKERS processes; the one holding DATA_DIR's worker lock also
+             runs the build worker's threads (WORKER_THREADS; 0: web only)
     worker   worker only, for a second machine or process on the same DATA_DIR
 """
 
