@@ -92,14 +92,19 @@ def data_dir(tmp_path):
     return path
 
 
+def _serve_fake_github(**options):
+    """Start a fake GitHub (tests/fake_github.py), hand it to the fixture, stop it afterwards."""
+    from tests.fake_github import start_fake_github
+
+    server = start_fake_github(**options)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def fake_github_server():
     """One fake GitHub API (tests/fake_github.py) on a loopback port for the whole run."""
-    from tests.fake_github import start_fake_github
-
-    server = start_fake_github()
-    yield server
-    server.stop()
+    yield from _serve_fake_github()
 
 
 @pytest.fixture
@@ -107,3 +112,16 @@ def fake_github(fake_github_server):
     """The fake GitHub with nothing installed or recorded; the App and its key are kept."""
     fake_github_server.reset()
     return fake_github_server
+
+
+@pytest.fixture(scope="session")
+def enterprise_fake_github_server():
+    """A second fake GitHub (another App), mounted under /api/v3 like GitHub Enterprise Server."""
+    yield from _serve_fake_github(app_id=54321, enterprise=True)
+
+
+@pytest.fixture
+def enterprise_fake_github(enterprise_fake_github_server):
+    """The Enterprise fake with nothing installed or recorded; the App and its key are kept."""
+    enterprise_fake_github_server.reset()
+    return enterprise_fake_github_server

@@ -14,22 +14,14 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fake_github import FakeGitHub, start_fake_github
 
 OWNER, REPO = "octocat", "Hello-World"
 
 
-@pytest.fixture(scope="module")
-def server():
-    fake = start_fake_github()
-    yield fake
-    fake.stop()
-
-
 @pytest.fixture
-def fake(server):
-    server.reset()
-    return server
+def fake(fake_github):
+    """conftest's fake GitHub (one per run, reset per test), by this file's short name."""
+    return fake_github
 
 
 @pytest.fixture
@@ -390,17 +382,17 @@ def test_manifest_code_converts_once(fake):
     assert again.status_code == 404
 
 
-def test_enterprise_mount_refuses_paths_outside_api_v3():
+def test_enterprise_mount_refuses_paths_outside_api_v3(enterprise_fake_github):
     """Mounted under /api/v3, the fake refuses paths without the prefix and doubled ones."""
-    with FakeGitHub(app_id=99, enterprise=True) as fake:
-        assert fake.url.endswith("/api/v3")
-        token = app_jwt(fake)
-        assert get_app(fake, token).status_code == 200
-        headers = {"Authorization": f"Bearer {token}"}
-        assert requests.get(f"{fake.root_url}/app", headers=headers, timeout=10).status_code == 404
-        doubled = requests.get(f"{fake.url}/api/v3/app", headers=headers, timeout=10)
-        assert doubled.status_code == 404
-        assert len(fake.rejections) == 2
+    fake = enterprise_fake_github
+    assert fake.url.endswith("/api/v3")
+    token = app_jwt(fake)
+    assert get_app(fake, token).status_code == 200
+    headers = {"Authorization": f"Bearer {token}"}
+    assert requests.get(f"{fake.root_url}/app", headers=headers, timeout=10).status_code == 404
+    doubled = requests.get(f"{fake.url}/api/v3/app", headers=headers, timeout=10)
+    assert doubled.status_code == 404
+    assert len(fake.rejections) == 2
 
 
 # -- github3.py's dialect -----------------------------------------------------------------------
@@ -434,15 +426,15 @@ def test_github3_app_flow_creates_a_check_run_and_a_status(repo, fake):
     assert fake.rejections == []
 
 
-def test_github3_enterprise_client_reaches_the_prefixed_fake(repo):
+def test_github3_enterprise_client_reaches_the_prefixed_fake(repo, enterprise_fake_github):
     """GitHubEnterprise adds /api/v3 once, and the fake mounted there answers."""
-    with FakeGitHub(app_id=4242, enterprise=True) as fake:
-        fake.add_installation(account=OWNER)
-        made = fake.add_repository(OWNER, REPO)
-        client = github3.GitHubEnterprise(fake.root_url)
-        client.login_as_app(fake.private_key_pem, str(fake.app_id))
-        installation = client.app_installation_for_repository(OWNER, REPO)
-        client.login_as_app_installation(fake.private_key_pem, str(fake.app_id), installation.id)
-        assert client.repository(OWNER, REPO).default_branch == made.default_branch
-        assert fake.rejections == []
-        assert all(r.raw_path.startswith("/api/v3/") for r in fake.requests)
+    fake = enterprise_fake_github
+    fake.add_installation(account=OWNER)
+    made = fake.add_repository(OWNER, REPO)
+    client = github3.GitHubEnterprise(fake.root_url)
+    client.login_as_app(fake.private_key_pem, str(fake.app_id))
+    installation = client.app_installation_for_repository(OWNER, REPO)
+    client.login_as_app_installation(fake.private_key_pem, str(fake.app_id), installation.id)
+    assert client.repository(OWNER, REPO).default_branch == made.default_branch
+    assert fake.rejections == []
+    assert all(r.raw_path.startswith("/api/v3/") for r in fake.requests)

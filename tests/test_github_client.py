@@ -84,24 +84,10 @@ def test_token_cache_fetches_once_and_renews_inside_the_margin():
 # -- against the fake ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    fake = FakeGitHub(app_id=12345).start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def enterprise_server():
-    fake = FakeGitHub(app_id=54321, enterprise=True).start()
-    yield fake
-    fake.stop()
-
-
 @pytest.fixture
-def fake(server):
-    server.reset()
-    return server
+def fake(fake_github):
+    """conftest's fake GitHub (one per run, reset per test), by this file's short name."""
+    return fake_github
 
 
 class Clock:
@@ -312,10 +298,9 @@ def test_tarball_over_max_bytes_is_refused_and_leaves_nothing(fake, sleeps, tmp_
 
 
 @pytest.mark.parametrize("suffix", ["/api/v3", "/api/v3/", "", "/"])
-def test_enterprise_url_with_or_without_api_v3(enterprise_server, sleeps, suffix):
+def test_enterprise_url_with_or_without_api_v3(enterprise_fake_github, sleeps, suffix):
     """GITHUB_API_URL as https://HOST/api/v3 or https://HOST reaches HOST/api/v3, never doubled."""
-    fake = enterprise_server
-    fake.reset()
+    fake = enterprise_fake_github
     inst, repo = setup_repo(fake)
     app = make_app(fake, sleeps, url=fake.root_url + suffix)
     client = app.installation(inst)
