@@ -18,6 +18,8 @@ import requests
 from builder.errors import BuildFailed, EngineUnreachable
 from builder.logtail import LineSplitter, LogTail
 from builder.references import (
+    BuildChunk,
+    PushChunk,
     build_failure_message,
     dockerfile_with_labels,
     parse_build_chunk,
@@ -170,20 +172,31 @@ def labelled_context(context: str, dockerfile: str, labels: dict[str, str] | Non
 
 def _read_build_stream(stream: Iterable[dict], log: BuildLog) -> str | None:
     """Read the whole stream into ``log``; return the engine's error, if any."""
-    error = None
-    image_id = None
-    for chunk in stream:
-        event = parse_build_chunk(chunk)
-        if event.text:
-            log.write(event.text)
-        if event.image_id:
-            image_id = event.image_id
-        if event.error and error is None:
-            error = event.error
-            log.write(f"{event.error}\n")
+    image_id, error = _log_stream(map(parse_build_chunk, stream), log, lambda e: e.image_id)
     if error is None and image_id is None:
         error = "the engine ended the build without an image"
     return error
+
+
+def _log_stream(
+    events: Iterable[BuildChunk | PushChunk],
+    log: BuildLog,
+    result: Callable[[BuildChunk | PushChunk], str | None],
+) -> tuple[str | None, str | None]:
+    """Write every event's text to ``log``; return the last ``result`` and the first error.
+
+    The first error is written to ``log`` too; the events after it are still read and logged.
+    """
+    found = error = None
+    for event in events:
+        if event.text:
+            log.write(event.text)
+        if result(event):
+            found = result(event)
+        if event.error and error is None:
+            error = event.error
+            log.write(f"{event.error}\n")
+    return found, error
 
 
 def inspect_image(client, tag: str) -> Image:
@@ -210,15 +223,7 @@ def push_image(
             stream = client.api.push(
                 repository, tag=version, stream=True, decode=True, auth_config=auth
             )
-            for chunk in stream:
-                event = parse_push_chunk(chunk)
-                if event.text:
-                    log.write(event.text)
-                if event.digest:
-                    digest = event.digest
-                if event.error and error is None:
-                    error = event.error
-                    log.write(f"{event.error}\n")
+            digest, error = _log_stream(map(parse_push_chunk, stream), log, lambda e: e.digest)
         except docker.errors.APIError as exc:
             error = exc.explanation or str(exc)
     log.close()
