@@ -86,6 +86,16 @@ def unique_name() -> str:
 
 
 @pytest.fixture
+def published(docker_client, registry):
+    """Records the images a test pushes (``published.add(name, tag)``); removes them after it."""
+    from builder_helpers import Published
+
+    tracker = Published(docker_client, registry)
+    yield tracker
+    tracker.cleanup()
+
+
+@pytest.fixture
 def data_dir(tmp_path):
     path = tmp_path / "data"
     path.mkdir()

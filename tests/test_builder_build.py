@@ -5,19 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from builder_helpers import BASE, Published, make_context
+from builder_helpers import BASE, make_context
 
 from builder import BuildResult, build_artifact
 from builder.registry import image_labels, list_tags
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def published(docker_client, registry):
-    tracker = Published(docker_client, registry)
-    yield tracker
-    tracker.cleanup()
 
 
 def build(registry, name, version, context, **kwargs) -> BuildResult:

@@ -7,16 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from builder_helpers import BASE, Published, make_context
+from builder_helpers import BASE, make_context
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def published(docker_client, registry):
-    tracker = Published(docker_client, registry)
-    yield tracker
-    tracker.cleanup()
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from builder_helpers import BASE, Published, closed_port, make_context
+from builder_helpers import BASE, closed_port, make_context
 
 from builder import (
     BuilderError,
@@ -18,13 +18,6 @@ from builder import (
 )
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def published(docker_client, registry):
-    tracker = Published(docker_client, registry)
-    yield tracker
-    tracker.cleanup()
 
 
 @pytest.fixture

@@ -5,20 +5,13 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
-from builder_helpers import BASE, Published, make_context
+from builder_helpers import BASE, make_context
 
 from builder import build_artifact
 
 pytestmark = pytest.mark.docker
 
 MB = 1024 * 1024
-
-
-@pytest.fixture
-def published(docker_client, registry):
-    tracker = Published(docker_client, registry)
-    yield tracker
-    tracker.cleanup()
 
 
 def test_memory_stays_bounded_while_a_build_prints_64_mb(registry, published, unique_name,
