@@ -38,6 +38,33 @@ def only(items):
     return items[0]
 
 
+def address_to(event: dict, repo) -> None:
+    """Point a sample webhook payload at ``repo`` and the installation that holds it."""
+    event["installation"] = {"id": repo.installation_id, "node_id": "x"}
+    event["repository"]["name"], event["repository"]["full_name"] = repo.name, repo.full_name
+    event["repository"]["owner"]["login"] = repo.owner
+
+
+def slipway_env(fake_github, registry, data_dir, key_path, **settings) -> dict:
+    """The environment of a `python -m github_app` process wired to the fake and the registry.
+
+    Writes the App's private key to ``key_path``; ``settings`` add or override variables.
+    """
+    key_path.write_bytes(fake_github.private_key_pem)
+    return {
+        **os.environ,
+        "GITHUB_APP_ID": str(fake_github.app_id),
+        "GITHUB_PRIVATE_KEY_PATH": str(key_path),
+        "GITHUB_WEBHOOK_SECRET": SECRET,
+        "GITHUB_API_URL": fake_github.url,
+        "REGISTRY": registry.address,
+        "DATA_DIR": str(data_dir),
+        "BUILD_NETWORK": "host",
+        "PUBLIC_URL": "http://slipway.example",
+        **settings,
+    }
+
+
 def test_merged_pull_request_with_version_label_is_pushed_and_reported(harness, registry):
     """A merge labelled version:1.2.3 lands in the registry and its check run carries the digest."""
     repo = tiny_repo(harness)
@@ -225,9 +252,7 @@ def test_rerun_of_the_check_run_builds_again(harness, registry):
     event["check_run"].update(id=run["id"], head_sha=repo.head_sha, external_id=run["external_id"],
                               name=run["name"])
     event["check_run"]["app"]["id"] = harness.fake.app_id
-    event["installation"] = {"id": repo.installation_id, "node_id": "x"}
-    event["repository"]["name"], event["repository"]["full_name"] = repo.name, repo.full_name
-    event["repository"]["owner"]["login"] = repo.owner
+    address_to(event, repo)
     answer = harness.deliver("check_run", event)
     assert answer.status_code == 202, answer.text
     harness.run_worker()
@@ -249,19 +274,7 @@ def test_killed_during_a_build_the_check_run_completes_after_restart(
         )
         repo = harness.repository({"Dockerfile": slow, "app.py": APP})
         harness.deliver("pull_request", repo.merged(labels=["version:4.0.0"]))
-        key = tmp_path / "app.pem"
-        key.write_bytes(fake_github.private_key_pem)
-        env = {
-            **os.environ,
-            "GITHUB_APP_ID": str(fake_github.app_id),
-            "GITHUB_PRIVATE_KEY_PATH": str(key),
-            "GITHUB_WEBHOOK_SECRET": SECRET,
-            "GITHUB_API_URL": fake_github.url,
-            "REGISTRY": registry.address,
-            "DATA_DIR": str(data_dir),
-            "BUILD_NETWORK": "host",
-            "PUBLIC_URL": "http://slipway.example",
-        }
+        env = slipway_env(fake_github, registry, data_dir, tmp_path / "app.pem")
         worker = subprocess.Popen([sys.executable, "-m", "github_app", "worker"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
@@ -323,9 +336,7 @@ def test_rerun_all_checks_builds_the_suite_again(harness, registry):
     event = load_event("check_suite", "rerequested")
     event["check_suite"].update(id=run["check_suite"]["id"], head_sha=repo.head_sha)
     event["check_suite"]["app"]["id"] = harness.fake.app_id
-    event["installation"] = {"id": repo.installation_id, "node_id": "x"}
-    event["repository"]["name"], event["repository"]["full_name"] = repo.name, repo.full_name
-    event["repository"]["owner"]["login"] = repo.owner
+    address_to(event, repo)
     answer = harness.deliver("check_suite", event)
     assert answer.status_code == 202, answer.text
     harness.run_worker()
@@ -346,22 +357,9 @@ def test_serve_killed_during_a_build_completes_the_check_run_after_restart(
             f"RUN echo serve-slowly-{time.time_ns()} && sleep 8 && echo done",
         )
         repo = harness.repository({"Dockerfile": slow, "app.py": APP})
-        key = tmp_path / "app.pem"
-        key.write_bytes(fake_github.private_key_pem)
         port = _free_port()
-        env = {
-            **os.environ,
-            "GITHUB_APP_ID": str(fake_github.app_id),
-            "GITHUB_PRIVATE_KEY_PATH": str(key),
-            "GITHUB_WEBHOOK_SECRET": SECRET,
-            "GITHUB_API_URL": fake_github.url,
-            "REGISTRY": registry.address,
-            "DATA_DIR": str(data_dir / "serve"),
-            "BUILD_NETWORK": "host",
-            "PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "PORT": str(port),
-            "WEB_WORKERS": "1",
-        }
+        env = slipway_env(fake_github, registry, data_dir / "serve", tmp_path / "app.pem",
+                          PUBLIC_URL=f"http://127.0.0.1:{port}", PORT=str(port), WEB_WORKERS="1")
         url = f"http://127.0.0.1:{port}"
         serve = _start_serve(env, url)
         try:
