@@ -1,20 +1,16 @@
-"""GitHub's REST API as the App sees it: the only module that imports github3.
+"""GitHub's REST API as the App sees it: the App and its installations.
 
 `GitHubApp` signs the App's JWT, fetches and caches installation tokens and
 hands out `InstallationClient`s, whose methods take and return plain data
-(dicts, bytes, paths). Every call goes through one loop that logs it (method,
-path template, status: never a header, token or key), retries what
-`retries.RetryPolicy` allows and turns failures into `GitHubError`s whose
-message says what to do. `error.retryable` is True for failures of GitHub or
-the network (5xx, no connection, a rate limit past the wait cap); `blame` is
-the error tree's "infrastructure" for all of them.
+(dicts, bytes, paths). Every call goes through `github_calls.Session`, the one
+loop that logs, retries and turns failures into `GitHubError`s whose message
+says what to do.
 
-github3 provides the sessions (GitHub or GitHubEnterprise, timeouts, JSON
-headers), URL building and, where it maps to a single request, the call
-itself (`pull_request`). Check runs, statuses, contents and archives go
-through github3's session (`_get`/`_post`/`_patch`) so request bodies pass
-through byte for byte as `reporting.py` built them, without github3 first
-fetching the repository.
+github3 (imported by github_calls only) provides the sessions, URL building
+and, where it maps to a single request, the call itself (`pull_request`).
+Check runs, statuses, contents and archives go through github3's session
+(`_get`/`_post`/`_patch`) so request bodies pass through byte for byte as
+`reporting.py` built them, without github3 first fetching the repository.
 """
 
 from __future__ import annotations
@@ -23,242 +19,24 @@ import base64
 import email.utils
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlsplit
 
-import github3
 import requests
-import urllib3
 
 from github_app.errors import REPOSITORY, GitHubError, SourceError
-from github_app.retries import RetryPolicy, is_infrastructure_failure, rate_limit_wait
-from github_app.tokens import TokenCache, api_roots, app_jwt, enterprise_host_root
+from github_app.github_calls import HeaderAuth, NoAuth, Session
+from github_app.retries import RetryPolicy
+from github_app.tokens import TokenCache, api_roots, app_jwt
 
 log = logging.getLogger(__name__)
 
 CLOCK_SKEW_THRESHOLD = 30
 DOWNLOAD_CHUNK = 64 * 1024
-
-
-class _RedactQueryGrants(logging.Filter):
-    """Hide `?token=` grants in urllib3's debug lines: the archive redirect carries one."""
-
-    _GRANT = re.compile(r"([?&](?:token|access_token)=)[^&\s\"']+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "token=" in message:
-            record.msg, record.args = self._GRANT.sub(r"\1[REDACTED]", message), ()
-        return True
-
-
-# urllib3 logs each request line with its query at debug level; only its records pass here.
-logging.getLogger("urllib3.connectionpool").addFilter(_RedactQueryGrants())
-
-JWT_REFUSED = (
-    "GitHub refused the App's JWT ({status}: {message}): check GITHUB_APP_ID and the private "
-    "key, and the machine's clock (JWT iat/exp)"
-)
-
-
-class _HeaderAuth(requests.auth.AuthBase):
-    """Sets `Authorization: <scheme> <credential>` per request; its repr never shows it."""
-
-    def __init__(self, scheme: str, credential: Callable[[], str]):
-        self._scheme = scheme
-        self._credential = credential
-
-    def __call__(self, request):
-        request.headers["Authorization"] = f"{self._scheme} {self._credential()}"
-        return request
-
-    def __repr__(self) -> str:
-        return f"<{self._scheme} auth (redacted)>"
-
-
-class _NoAuth(requests.auth.AuthBase):
-    """No Authorization header: the archive's redirect URL carries its own short-lived grant."""
-
-    def __call__(self, request):
-        request.headers.pop("Authorization", None)
-        return request
-
-    def __repr__(self) -> str:
-        return "<no auth>"
-
-
-class _Session:
-    """One github3 client plus the loop every call goes through: log, retry, map errors."""
-
-    def __init__(self, app: GitHubApp, auth: requests.auth.AuthBase, who: str):
-        self._app = app
-        self._who = who
-        if app._flavour == "github":
-            self.gh = github3.GitHub()
-        else:
-            # GitHubEnterprise appends /api/v3 itself; every URL names its root anyway
-            # (`url`), as a bare host's root is settled by the first call.
-            self.gh = github3.GitHubEnterprise(enterprise_host_root(app._roots[0]))
-            self.gh.session.base_url = app._roots[0]
-        # github3's Accept (v3.full+json) stays: its objects read the `body_html` it brings.
-        self.gh.session.headers.update(
-            {
-                "User-Agent": app._user_agent,
-                "X-GitHub-Api-Version": "2022-11-28",
-            }
-        )
-        self.gh.session.auth = auth
-
-    def url(self, *segments: Any, root: str | None = None) -> str:
-        """The URL of an API path under `root` (default: the App's settled root)."""
-        return self.gh._build_url(
-            *(quote(str(s), safe="") for s in segments), base_url=root or self._app._root
-        )
-
-    def get_without_github3_log(self, url: str, **kwargs) -> requests.Response:
-        """GET through the session, not `gh._get`, whose debug log would print the URL."""
-        try:
-            return self.gh.session.request("GET", url, **kwargs)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise github3.exceptions.ConnectionError(exc) from None
-
-    def call(
-        self,
-        method: str,
-        template: str,
-        send: Callable[[], requests.Response | Any],
-        *,
-        idempotent: bool = True,
-        accept: tuple[int, ...] = (),
-    ) -> Any:
-        """Run `send` (one github3 request) until it succeeds or the policy gives up.
-
-        `send` returns a requests Response or github3's parsed result; statuses in
-        `accept` are returned to the caller instead of raised.
-        """
-        policy = self._app._retry
-        waited = 0.0
-        attempt = 0
-        while True:
-            attempt += 1
-            reached = True
-            try:
-                result = send()
-            except github3.exceptions.ConnectionError as exc:
-                response, reached = None, not _never_sent(exc.exception)
-                log.debug(
-                    "GitHub %s %s -> no answer (%s)", method, template, type(exc.exception).__name__
-                )
-            except github3.exceptions.TransportError as exc:
-                raise GitHubError(
-                    f"GitHub could not be asked {method} {template}: "
-                    f"{type(exc.exception).__name__}",
-                    status=None,
-                ) from None
-            except github3.exceptions.GitHubException as exc:
-                # ResponseError carries the response; IncompleteResponse & co. do not.
-                response = getattr(exc, "response", None)
-                if response is None:
-                    raise GitHubError(
-                        f"GitHub's answer to {method} {template} could not be read: "
-                        f"{getattr(exc, 'msg', exc)}",
-                        status=None,
-                    ) from None
-            else:
-                if not isinstance(result, requests.Response):
-                    log.debug("GitHub %s %s -> 200", method, template)
-                    self._app._observe(200)
-                    return result
-                response = result
-            self._app._observe(None if response is None else response.status_code)
-            if response is not None:
-                log.debug("GitHub %s %s -> %s", method, template, response.status_code)
-                if response.status_code < 400 or response.status_code in accept:
-                    return response
-            status = None if response is None else response.status_code
-            headers = {} if response is None else response.headers
-            now = self._app._clock()
-            delay = policy.next_delay(
-                attempt,
-                status,
-                headers,
-                now,
-                waited=waited,
-                idempotent=idempotent or not reached,
-            )
-            if delay is None:
-                raise self._error(method, template, response, attempt, waited, now)
-            log.info(
-                "GitHub %s %s failed (%s); retrying in %.1f s",
-                method,
-                template,
-                status or "no answer",
-                delay,
-            )
-            policy.sleep(delay)
-            waited += delay
-
-    def _error(self, method, template, response, attempts, waited, now) -> GitHubError:
-        where = f"{method} {template}"
-        if response is None:
-            error = GitHubError(
-                f"GitHub could not be reached at {self._app._root} ({where}, {attempts} "
-                "attempts): check the network and GITHUB_API_URL",
-                status=None,
-            )
-            error.retryable = True
-            return error
-        status = response.status_code
-        message = _github_message(response)
-        wait = rate_limit_wait(status, response.headers, now)
-        if wait is not None:
-            text = (
-                f"GitHub's rate limit for the App was hit ({where}): it asks to wait "
-                f"{wait:.0f} s, beyond what Slipway waits ({self._app._retry.max_total_wait:.0f} s "
-                f"in all, {waited:.0f} s already); re-run the build later"
-            )
-        elif status == 401 and self._who == "app":
-            text = JWT_REFUSED.format(status=status, message=message)
-        elif status == 401:
-            text = (
-                f"GitHub refused the installation token ({where}, 401: {message}); "
-                "the installation may have been suspended or removed"
-            )
-        elif status == 404 and self._who == "app":
-            text = (
-                f"GitHub knows no installation of the App with this id ({where}, 404: "
-                f"{message}): the App is not installed on that repository, or was "
-                "uninstalled; install it from the App's settings page"
-            )
-        elif status == 404:
-            text = (
-                f"GitHub answered 404 for {where} ({message}): the repository or object "
-                "does not exist, or the App is not installed on that repository"
-            )
-        elif status == 403:
-            text = (
-                f"GitHub refused {where} (403: {message}): the App lacks a permission; "
-                "it needs checks: write, statuses: write, contents: read, pull_requests: "
-                "read (app-manifest.json), accepted on the installation"
-            )
-        elif status == 422:
-            text = f"GitHub rejected the request {where} as invalid (422): {message}"
-        elif status >= 500:
-            text = (
-                f"GitHub answered {status} for {where} after {attempts} attempts "
-                f"({message}): GitHub is having trouble; re-run the build later"
-            )
-        else:
-            text = f"GitHub answered {status} for {where}: {message}"
-        error = GitHubError(text, status=status)
-        error.retryable = is_infrastructure_failure(status, response.headers)
-        return error
 
 
 class GitHubApp:
@@ -290,7 +68,7 @@ class GitHubApp:
         self._tokens = TokenCache(self._create_token, clock)
         self._clients: dict[int, InstallationClient] = {}
         self._guard = threading.Lock()
-        self._session = _Session(self, _HeaderAuth("Bearer", self.jwt), who="app")
+        self._session = self._new_session(HeaderAuth("Bearer", self.jwt), who="app")
 
     def __repr__(self) -> str:
         return f"<GitHubApp {self.app_id} at {self._root}>"
@@ -298,6 +76,20 @@ class GitHubApp:
     def _observe(self, status: int | None) -> None:
         if self._on_call is not None:
             self._on_call(status)
+
+    def _new_session(self, auth: requests.auth.AuthBase, who: str) -> Session:
+        """A github3 session that follows this App's API root, retry policy and clock."""
+        return Session(
+            auth,
+            who,
+            flavour=self._flavour,
+            base_url=self._roots[0],
+            api_root=lambda: self._root,
+            user_agent=self._user_agent,
+            retry=self._retry,
+            clock=self._clock,
+            on_answer=self._observe,
+        )
 
     @property
     def api_root(self) -> str:
@@ -338,7 +130,7 @@ class GitHubApp:
                 continue
             break
         if response.status_code >= 400:
-            raise self._session._error("POST", template, response, 1, 0.0, self._clock())
+            raise self._session.error("POST", template, response, 1, 0.0, self._clock())
         self._settle_root(root)
         body = response.json()
         return body["token"], self._local_expiry(body["expires_at"])
@@ -384,9 +176,8 @@ class InstallationClient:
     def __init__(self, app: GitHubApp, installation_id: int):
         self.installation_id = installation_id
         self._app = app
-        self._session = _Session(
-            app,
-            _HeaderAuth("token", lambda: app.installation_token(installation_id)[0]),
+        self._session = app._new_session(
+            HeaderAuth("token", lambda: app.installation_token(installation_id)[0]),
             who="installation",
         )
 
@@ -534,7 +325,7 @@ class InstallationClient:
                     "GET",
                     where,
                     lambda: s.get_without_github3_log(
-                        location, stream=True, auth=_NoAuth(), headers={"Accept": "*/*"}
+                        location, stream=True, auth=NoAuth(), headers={"Accept": "*/*"}
                     ),
                 )
             _check_length(response, max_bytes, owner, repo, ref)
@@ -576,22 +367,6 @@ def _too_large(max_bytes: int, owner: str, repo: str, ref: str) -> SourceError:
     return error
 
 
-def _github_message(response: requests.Response) -> str:
-    """GitHub's `message` and the `errors` of a 422, or the start of a non-JSON body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return (response.text or response.reason or "no message")[:200].strip()
-    if not isinstance(body, dict):
-        return str(body)[:200]
-    message = body.get("message") or response.reason or "no message"
-    details = [
-        e.get("message") or json.dumps(e, sort_keys=True) if isinstance(e, dict) else str(e)
-        for e in body.get("errors") or []
-    ]
-    return f"{message}: {'; '.join(details)}" if details else message
-
-
 def _is_json(response: requests.Response) -> bool:
     try:
         response.json()
@@ -608,10 +383,3 @@ def _date_header(response: requests.Response) -> float | None:
         return None
 
 
-def _never_sent(exc: BaseException) -> bool:
-    """True when the connection itself failed, so the request never reached GitHub."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    # urllib3 2: NewConnectionError (refused, no route) is a ConnectTimeoutError.
-    return isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
