@@ -9,7 +9,8 @@ A real HTTP server (werkzeug, threaded) in a background thread. The App reaches 
   (`clock_offset` moves that clock). GitHub's 401 messages.
 - Installation tokens (`Authorization: token ghs_...` or `Bearer ghs_...`) on every repository
   call: unknown or expired -> 401 `Bad credentials`; none -> 401 `Requires authentication`;
-  a repository the installation cannot see -> 404 `Not Found`.
+  a repository the installation cannot see -> 404 `Not Found`. (Both checks live in
+  tests/fake_github_auth.py.)
 - Every POST/PATCH body against the requestBody schema of its operation in `@octokit/openapi`
   (tests/openapi_validation.py) -> 422 `Invalid request.\\n\\n...`, plus GitHub's prose rules:
   check-run `output.summary` / `output.text` at most 65535 bytes (UTF-8), `output.title` present,
@@ -66,17 +67,24 @@ import html
 import json
 import re
 import secrets
-import string
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import fake_github_shapes as shapes
-import jwt
 import openapi_validation
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from fake_github_auth import (
+    Refused,
+    Token,
+    check_repository_access,
+    new_token_value,
+    verify_app_jwt,
+    verify_installation_token,
+)
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -154,14 +162,6 @@ class Repository:
         return None
 
 
-@dataclass
-class Token:
-    value: str
-    installation_id: int
-    expires_at: float
-    repository_names: frozenset[str] | None  # None: every repository of the installation
-
-
 class Reply(Exception):
     """Raised by a handler to answer at once (an error, usually)."""
 
@@ -179,6 +179,15 @@ def github_error(status: int, message: str, docs: str = _DOCS, errors=None, *, w
     if errors is not None:
         body["errors"] = errors
     return Reply(status, body, why=why or message, rejected=rejected)
+
+
+@contextmanager
+def _answering_refusals():
+    """Turn fake_github_auth's `Refused` into GitHub's error answer."""
+    try:
+        yield
+    except Refused as refused:
+        raise github_error(refused.status, refused.message, why=refused.why) from None
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -494,72 +503,20 @@ class FakeGitHub:
 
     def _verify_jwt(self, request: Request) -> str:
         """Check the App's JWT like GitHub does; returns how `iss` named the App."""
-        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-        if not credential:
-            raise github_error(401, "Requires authentication", why="no Authorization header")
-        undecodable = "A JSON web token could not be decoded"
-        if scheme.lower() != "bearer":
-            raise github_error(401, undecodable, why=f"{undecodable} ({scheme} is not Bearer)")
-        try:
-            header = jwt.get_unverified_header(credential)
-            claims = jwt.decode(credential, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise github_error(401, undecodable, why=f"{undecodable} ({exc})") from None
-        iss = claims.get("iss")
-        if iss == self.app_id and isinstance(iss, int) and not isinstance(iss, bool):
-            iss_kind = "int"
-        elif iss == str(self.app_id):
-            iss_kind = "str"
-        elif iss == self.client_id:
-            iss_kind = "client_id"
-        else:
-            raise github_error(401, "Integration not found", why=f"Integration not found: "
-                               f"iss={iss!r}, app id is {self.app_id}")
-        if header.get("alg") != "RS256":
-            raise github_error(401, undecodable, why=f"{undecodable} (alg {header.get('alg')})")
-        try:
-            jwt.decode(credential, self.public_key, algorithms=["RS256"],
-                       options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
-                                "verify_iss": False, "verify_aud": False})
-        except jwt.PyJWTError as exc:
-            raise github_error(401, undecodable, why=f"{undecodable} ({exc})") from None
-        now = self.now()
-        iat, exp = claims.get("iat"), claims.get("exp")
-        if not isinstance(iat, int) or iat > now:
-            message = "'Issued at' claim ('iat') must be an Integer representing a time in the past"
-            raise github_error(401, message, why=f"{message} (iat={iat!r}, server now={now:.0f})")
-        if not isinstance(exp, int) or exp <= now:
-            message = ("'Expiration time' claim ('exp') must be a numeric value representing "
-                       "the future time at which the assertion expires")
-            raise github_error(401, message, why=f"{message} (exp={exp!r}, server now={now:.0f})")
-        if exp > now + 600:
-            message = "'Expiration time' claim ('exp') is too far in the future"
-            raise github_error(401, message,
-                               why=f"{message} (exp is {exp - now:.0f} s ahead of server's clock)")
-        return iss_kind
+        with _answering_refusals():
+            return verify_app_jwt(
+                request.headers.get("Authorization", ""), app_id=self.app_id,
+                client_id=self.client_id, public_key=self.public_key, now=self.now())
 
     def _verify_token(self, request: Request, params: dict) -> Token:
         """An installation token that may read `params`' repository."""
-        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-        if not credential:
-            raise github_error(401, "Requires authentication", why="no Authorization header")
-        token = self.tokens.get(credential) if scheme.lower() in ("token", "bearer") else None
-        if token is None:
-            kind = "a JWT" if credential.count(".") == 2 else "an unknown token"
-            raise github_error(401, "Bad credentials",
-                               why=f"Bad credentials: {kind} where an installation token belongs")
-        if token.expires_at <= self.now():
-            raise github_error(401, "Bad credentials", why=f"Bad credentials: the installation "
-                               f"token expired {self.now() - token.expires_at:.0f} s ago")
-        if "owner" in params:
-            repo = self.repositories.get(f"{params['owner']}/{params['repo']}".lower())
-            visible = (repo is not None and repo.installation_id == token.installation_id
-                       and (token.repository_names is None
-                            or repo.name.lower() in token.repository_names))
-            if not visible:
-                raise github_error(404, "Not Found", why=f"Not Found: installation "
-                                   f"{token.installation_id} cannot see {params['owner']}/"
-                                   f"{params['repo']}")
+        with _answering_refusals():
+            token = verify_installation_token(
+                request.headers.get("Authorization", ""), self.tokens, self.now())
+            if "owner" in params:
+                full_name = f"{params['owner']}/{params['repo']}"
+                check_repository_access(
+                    token, self.repositories.get(full_name.lower()), full_name)
         return token
 
     # -- /app and friends (JWT) --------------------------------------------------------------
@@ -614,8 +571,7 @@ class FakeGitHub:
             names |= {r.name.lower() for r in self.repositories.values()
                       if r.id in set(body.get("repository_ids", []))}
             names = frozenset(names)
-        value = "ghs_" + "".join(secrets.choice(string.ascii_letters + string.digits)
-                                 for _ in range(36))
+        value = new_token_value()
         expires_at = int(self.now()) + self.token_lifetime
         self.tokens[value] = Token(value, inst.id, expires_at, names)
         result = {"token": value, "expires_at": shapes.iso8601(expires_at),
