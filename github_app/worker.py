@@ -147,8 +147,24 @@ class Worker:
         except Exception as exc:  # a bug must not kill the worker thread
             log.exception("job %s crashed", job.id, extra={"job_id": job.id})
             self.store.finish(job.id, JobState.FAILED, error=str(exc), worker_id=worker_id)
+            self._fail_unfinished(job, exc)
         finally:
             heartbeat.stop()
+
+    def _fail_unfinished(self, job: Job, exc: Exception) -> None:
+        """End the builds a crashed job left running, so no check run stays in progress."""
+        failure = reporting.Failure.from_error(exc)
+        for build in self.store.builds_for_job(job.id):
+            if build.finished:
+                continue
+            build = self.store.update_build(
+                build.id, state=BuildState.ERRORED, finished_at=time.time(),
+                error=failure.message, failure_kind=failure.cause, summary=failure.kind,
+            )
+            try:
+                self.report_final(request_from_job(job), build, None)
+            except Exception:  # reporting is best effort here; report_pending retries
+                log.exception("could not report build %s", build.id)
 
     # -- reporting -----------------------------------------------------------
 
@@ -222,8 +238,11 @@ class JobRun:
             build = existing.get(service.name) or self._create_build(
                 service.name, service.check_run_name(total)
             )
-            if build.finished and build.reported:
-                continue  # done before a crash; nothing to do again
+            if build.finished:
+                # Done before a crash; at most its report is missing.
+                if not build.reported:
+                    self.worker.report_final(self.request, build, None)
+                continue
             builds.append((service, self._start(build)))
         if not builds:
             return False
@@ -258,17 +277,24 @@ class JobRun:
                 self.only_services = {build.service}
         else:
             originals = self.store.find_builds_by_head_sha(request.repository, request.head_sha)
-        if not originals:
+        merge = self._merge_of(originals[-1].head_sha) if originals else None
+        if merge is None:
             log.info("re-run of a check Slipway has no record of; nothing to build",
                      extra={"job_id": self.job.id})
             return False
-        original_job = self.store.get_job(originals[-1].job_id)
-        merge = request_from_job(original_job)
         # A re-run builds the same merge again; versions it resolved are kept,
         # so that re-running a `semver:minor` build does not bump twice.
         self.previous = {b.service: b for b in originals}
         self.request = replace(merge, delivery_id=request.delivery_id)
         return True
+
+    def _merge_of(self, head_sha: str) -> BuildRequest | None:
+        """The merge that built `head_sha` (re-runs, and re-runs of re-runs, point at it)."""
+        for build in self.store.find_builds_by_head_sha(self.request.repository, head_sha):
+            job = self.store.get_job(build.job_id)
+            if job is not None and job.kind == BuildKind.MERGE:
+                return request_from_job(job)
+        return None
 
     def _services(self) -> list[Service]:
         text = self.client.get_file(self.request.owner, self.request.repo, SERVICES_FILE,

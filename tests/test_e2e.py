@@ -248,17 +248,26 @@ def test_rerun_of_the_check_run_builds_again(harness, registry):
     harness.run_worker()
     run = only(harness.final_check_runs(repo))
     assert registry.tags(repo.name) == ["0.0.1"]
-    event = load_event("check_run", "rerequested")
-    event["check_run"].update(id=run["id"], head_sha=repo.head_sha, external_id=run["external_id"],
-                              name=run["name"])
-    event["check_run"]["app"]["id"] = harness.fake.app_id
-    address_to(event, repo)
-    answer = harness.deliver("check_run", event)
-    assert answer.status_code == 202, answer.text
-    harness.run_worker()
+
+    def rerun(run):
+        event = load_event("check_run", "rerequested")
+        event["check_run"].update(id=run["id"], head_sha=repo.head_sha,
+                                  external_id=run["external_id"], name=run["name"])
+        event["check_run"]["app"]["id"] = harness.fake.app_id
+        address_to(event, repo)
+        answer = harness.deliver("check_run", event)
+        assert answer.status_code == 202, answer.text
+        harness.run_worker()
+
+    rerun(run)
     assert registry.tags(repo.name) == ["0.0.1"]  # the same version, not a second bump
+    # Re-run the re-run's own check run: it still finds the merge it builds.
+    rerun(harness.fake.check_runs[max(harness.fake.check_runs)])
+    assert registry.tags(repo.name) == ["0.0.1"]
     builds = harness.store.recent_builds(repository=repo.full_name)
-    assert len(builds) == 2 and all(b.state is BuildState.SUCCEEDED for b in builds)
+    assert len(builds) == 3 and all(b.state is BuildState.SUCCEEDED for b in builds)
+    runs = harness.final_check_runs(repo)
+    assert len(runs) == 3 and all(r["conclusion"] == "success" for r in runs)
 
 
 def test_killed_during_a_build_the_check_run_completes_after_restart(
