@@ -59,10 +59,15 @@ class Redactor:
     """Removes configured secret values and secret-looking strings from text."""
 
     def __init__(self, secrets: Iterable[str | None] = ()):
+        self._values: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str | None]) -> None:
+        """Redact these values too (secrets that became known after start-up)."""
         values = {s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}
         # A PEM key may be logged with its newlines escaped; catch both spellings.
         values |= {s.replace("\n", "\\n") for s in values if "\n" in s}
-        self._values = sorted(values, key=len, reverse=True)
+        self._values = sorted(set(self._values) | values, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for value in self._values:
@@ -171,13 +176,23 @@ def bound(
             var.reset(token)
 
 
+_active_redactor: Redactor | None = None
+
+
+def add_secrets(config: Any) -> None:
+    """Keep the secrets of `config` out of the logs from now on (e.g. after /setup)."""
+    if _active_redactor is not None:
+        _active_redactor.add(secrets_from_config(config))
+
+
 def configure_logging(
     *, level: str | int = "INFO", secrets: Iterable[str | None] = (), stream: IO[str] | None = None
 ) -> logging.Handler:
     """Send every log record of the process as a JSON line to `stream` (stderr by default).
 
     Replaces the root logger's handlers, so call it once at start-up. Returns the handler."""
-    redactor = Redactor(secrets)
+    global _active_redactor
+    redactor = _active_redactor = Redactor(secrets)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(redactor))
     handler.addFilter(RedactingFilter(redactor))

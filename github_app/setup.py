@@ -30,7 +30,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 from flask import Blueprint, Response, g, render_template, request
 
-from . import credentials
+from . import credentials, logs
 from .errors import ConfigError, GitHubError
 from .pages import github_web_url
 from .runtime import current_runtime
@@ -174,6 +174,7 @@ def adopt_credentials(runtime: Any, stored: dict) -> bool:
             return False
         runtime.config = updated
         runtime.extras["app"] = credentials.public_view(stored)
+        logs.add_secrets(updated)
     log.info("GitHub App %s (id %s) is set up; webhooks are accepted from now on",
              stored.get("slug"), stored.get("id"))
     on_credentials = runtime.extras.get("on_credentials")

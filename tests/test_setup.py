@@ -351,3 +351,27 @@ def test_webhook_url_can_be_a_relay(client):
     assert manifest["hook_attributes"]["url"] == "https://smee.io/abc123"
     assert manifest["redirect_url"] == f"{PUBLIC_URL}/setup/callback"
     assert client.get("/setup?webhook_url=javascript:alert(1)").status_code == 400
+
+
+def test_secrets_from_setup_never_reach_the_log_later(client, fake_github):
+    """A secret that /setup brought in is redacted from log lines written after it."""
+    import io
+
+    from github_app.logs import configure_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging(level="INFO", stream=stream)
+    try:
+        conversion = fake_github.add_manifest_code("code-logs")
+        state = start_setup(client)
+        assert client.get(f"/setup/callback?code=code-logs&state={state}").status_code == 200
+        logging.getLogger("github_app.test").warning(
+            "a careless line: %s and %s", conversion["webhook_secret"], conversion["pem"])
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    text = stream.getvalue()
+    assert "a careless line" in text
+    assert conversion["webhook_secret"] not in text
+    assert "BEGIN RSA PRIVATE KEY" not in text
