@@ -140,7 +140,7 @@ class Worker:
         heartbeat = _Heartbeat(self.store, job.id, worker_id)
         heartbeat.start()
         try:
-            failed = JobRun(self, job, heartbeat).execute()
+            failed = JobRun(self, job).execute()
             self.store.finish(
                 job.id, JobState.FAILED if failed else JobState.SUCCEEDED, worker_id=worker_id
             )
@@ -210,12 +210,11 @@ class Worker:
 class JobRun:
     """One job: the steps of the flow, each a method, in order."""
 
-    def __init__(self, worker: Worker, job: Job, heartbeat: _Heartbeat):
+    def __init__(self, worker: Worker, job: Job):
         self.worker = worker
         self.config = worker.config
         self.store = worker.store
         self.job = job
-        self.heartbeat = heartbeat
         self.request = request_from_job(job)
         self.client = worker.github.installation(self.request.installation_id)
         self.previous: dict[str, Build] = {}
@@ -379,7 +378,7 @@ class JobRun:
                 dockerfile=service.dockerfile,
                 registry=config.registry,
                 network=config.build_network,
-                on_log=self._logger(buildlog),
+                on_log=buildlog.append,
                 revision=build.merge_sha,
                 source=self.request.html_url,
                 username=config.registry_username,
@@ -395,15 +394,16 @@ class JobRun:
 
     def _version(self, service: Service) -> Version:
         previous = self.previous.get(service.name)
-        tags = registry_api.list_tags(
-            self.config.registry, service.name,
-            username=self.config.registry_username, password=self.config.registry_password,
-        )
         if previous is not None and previous.version:
             return Version(text=previous.version, tag=previous.version,
                            source=VersionSource.LABEL, explanation=(
                                f"kept from the build being re-run "
                                f"({previous.version_source or 'earlier build'})"))
+        # Only the semver:* bump needs them, but the rules decide which applies.
+        tags = registry_api.list_tags(
+            self.config.registry, service.name,
+            username=self.config.registry_username, password=self.config.registry_password,
+        )
         return resolve_version(self.request.labels, self.request.pr_title or "", tags)
 
     def _check_version_is_free(self, service: Service, version: Version) -> None:
@@ -417,12 +417,6 @@ class JobRun:
         commit = labels.get(REVISION_LABEL)
         if commit != self.request.merge_commit_sha:
             raise VersionTaken(service=service.name, tag=version.tag, commit=commit)
-
-    def _logger(self, buildlog: BuildLog) -> Callable[[str], None]:
-        def on_log(line: str) -> None:
-            buildlog.append(line)
-            self.heartbeat.beat()
-        return on_log
 
     def _finish(self, build: Build, outcome: Outcome) -> BuildState:
         """Record the outcome, then report it; the record comes first."""
@@ -457,9 +451,9 @@ class JobRun:
 
 def status_context(build: Build) -> str:
     """`slipway/docker`, or `slipway/docker: <service>` when the check run names a service."""
-    if ":" in build.check_run_name:
-        return f"slipway/docker: {build.service}"
-    return "slipway/docker"
+    # The check run's name already says whether the repository has several services.
+    several = ":" in build.check_run_name
+    return reporting.status_context(build.service, 2 if several else 1)
 
 
 def request_from_job(job: Job) -> BuildRequest:
@@ -479,9 +473,12 @@ def final_report(build: Build, *, details_url: str, log_tail: str) -> tuple[dict
     """The finished check run and commit status of a build, from its record alone."""
     completed_at = _iso(build.finished_at)
     context = status_context(build)
-    if build.state is BuildState.SUCCEEDED:
+    # The record keeps the tag and where it came from; that is what the report shows.
+    version = None
+    if build.version:
         version = Version(text=build.version, tag=build.version, source=VersionSource.LABEL,
                           explanation=build.version_source or "")
+    if build.state is BuildState.SUCCEEDED:
         check_run = reporting.check_run_succeeded(
             reference=build.reference, version=version, commit_sha=build.merge_sha,
             build_time=timedelta(seconds=build.duration or 0), completed_at=completed_at,
@@ -498,10 +495,6 @@ def final_report(build: Build, *, details_url: str, log_tail: str) -> tuple[dict
         cause=reporting.Cause(build.failure_kind or INFRASTRUCTURE),
         log_tail=log_tail,
     )
-    version = None
-    if build.version:
-        version = Version(text=build.version, tag=build.version, source=VersionSource.LABEL,
-                          explanation=build.version_source or "")
     check_run = reporting.check_run_failed(
         failure=failure, completed_at=completed_at, details_url=details_url, version=version,
         commit_sha=build.merge_sha,
@@ -525,9 +518,6 @@ class _Heartbeat:
 
     def start(self) -> None:
         self._thread.start()
-
-    def beat(self) -> None:
-        pass  # the timer thread does the work; kept as a hook for the log callback
 
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
