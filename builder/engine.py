@@ -59,20 +59,24 @@ class Image:
     size: int
 
 
-def connect(docker_client=None):
-    """The caller's client, or one made the way the docker CLI makes it (DOCKER_HOST, ...)."""
-    with engine_errors():
+def connect(docker_client=None, *, docker_host: str | None = None):
+    """The caller's client, or one made the way the docker CLI makes it (DOCKER_HOST, ...).
+
+    `docker_host` overrides DOCKER_HOST of the environment."""
+    with engine_errors(docker_host):
         client = docker_client
         if client is None:
+            environment = {**os.environ, "DOCKER_HOST": docker_host} if docker_host else None
             # The SDK's default API version (1.44 in docker 7) is newer than some
             # engines still in use (20.10 speaks 1.41): ask the engine instead.
-            client = docker.from_env(version=os.environ.get("DOCKER_API_VERSION") or "auto")
+            client = docker.from_env(version=os.environ.get("DOCKER_API_VERSION") or "auto",
+                                     environment=environment)
         client.api.ping()
     return client
 
 
 @contextmanager
-def engine_errors() -> Iterator[None]:
+def engine_errors(docker_host: str | None = None) -> Iterator[None]:
     """Turn "cannot talk to the engine" into EngineUnreachable, with how to fix it."""
     try:
         yield
@@ -86,7 +90,7 @@ def engine_errors() -> Iterator[None]:
         else:
             advice = ("start the engine, or point DOCKER_HOST at it "
                       "(unix:///var/run/docker.sock, tcp://HOST:2375)")
-        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        where = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         raise EngineUnreachable(
             f"No Docker engine answers at {where}: {advice}.", detail=detail
         ) from exc

@@ -45,16 +45,15 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
 
 
 def docker_engine_ping(config):
-    """A check for /healthz: raises when the Docker engine does not answer."""
+    """A check for /healthz: raises EngineUnreachable, saying what to do, when no engine answers.
+
+    The builder owns the Docker SDK; this reuses its client (DOCKER_HOST, API version)."""
+    from builder import engine
+
     client = None
 
     def ping() -> None:
         nonlocal client
-        import docker
-
-        if client is None:
-            environment = {"DOCKER_HOST": config.docker_host} if config.docker_host else None
-            client = docker.from_env(environment=environment, timeout=5)
-        client.ping()
+        client = engine.connect(client, docker_host=config.docker_host)
 
     return ping
