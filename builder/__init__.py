@@ -31,6 +31,7 @@ __all__ = [
     "oci_labels",
     "BuildResult",
     "SUPPORTED_TYPES",
+    "SERVICE_LABEL",
     "BuilderError",
     "BuildFailed",
     "ContextNotFound",
@@ -44,6 +45,9 @@ __all__ = [
 
 SUPPORTED_TYPES = ("docker",)
 OCI = "org.opencontainers.image"
+# Every image build_artifact makes carries its service name here: pruning finds
+# Slipway's images by this label and never touches others on a shared engine.
+SERVICE_LABEL = "dev.slipway.service"
 
 
 @dataclass(frozen=True)
@@ -92,30 +96,31 @@ def build_artifact(
     validate_version(version)
     context_dir, dockerfile_path = locate_sources(context, dockerfile)
     image_labels = oci_labels(version, datetime.now(UTC), revision=revision, source=source)
+    image_labels[SERVICE_LABEL] = service_name
     image_labels.update(labels or {})
 
     # Imported here so that bad input is refused even where the docker SDK is absent.
     from builder import engine
 
-    client = engine.connect(docker_client)
-    repository = f"{registry}/{service_name}"
-    tag = image_tag(registry, service_name, version)
-    log = engine.BuildLog(on_log)
-    image = engine.build_image(
-        client,
-        context=context_dir,
-        dockerfile=dockerfile_path,
-        tag=tag,
-        build_args=dict(build_args or {}),
-        labels=image_labels,
-        network=network,
-        nocache=nocache,
-        log=log,
-    )
-    auth = {"username": username, "password": password or ""} if username else None
-    digest = engine.push_image(
-        client, repository=repository, version=version, registry=registry, auth=auth, log=log
-    )
+    with engine.opened(docker_client) as client:
+        repository = f"{registry}/{service_name}"
+        tag = image_tag(registry, service_name, version)
+        log = engine.BuildLog(on_log)
+        image = engine.build_image(
+            client,
+            context=context_dir,
+            dockerfile=dockerfile_path,
+            tag=tag,
+            build_args=dict(build_args or {}),
+            labels=image_labels,
+            network=network,
+            nocache=nocache,
+            log=log,
+        )
+        auth = {"username": username, "password": password or ""} if username else None
+        digest = engine.push_image(
+            client, repository=repository, version=version, registry=registry, auth=auth, log=log
+        )
     return BuildResult(
         service=service_name,
         version=version,

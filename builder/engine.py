@@ -71,8 +71,24 @@ def connect(docker_client=None, *, docker_host: str | None = None):
             # engines still in use (20.10 speaks 1.41): ask the engine instead.
             client = docker.from_env(version=os.environ.get("DOCKER_API_VERSION") or "auto",
                                      environment=environment)
-        client.api.ping()
+        try:
+            client.api.ping()
+        except BaseException:
+            if client is not docker_client:  # ours: nobody else would close it
+                client.close()
+            raise
     return client
+
+
+@contextmanager
+def opened(docker_client=None, *, docker_host: str | None = None) -> Iterator:
+    """`connect`, closing the client at the end when it was opened here, not given."""
+    client = connect(docker_client, docker_host=docker_host)
+    try:
+        yield client
+    finally:
+        if client is not docker_client:
+            client.close()
 
 
 @contextmanager

@@ -54,6 +54,11 @@ class Config:
     web_workers: int = 1
     web_threads: int = 4
     log_level: str = "INFO"
+    min_free_disk: int = 2 * 1024**3  # bytes
+    retention_days: int = 30
+    keep_images: int = 3
+    stop_grace: int = 25  # seconds
+    lease_seconds: int = 60
 
     @property
     def has_app_credentials(self) -> bool:
@@ -90,6 +95,8 @@ class Config:
                 "GITHUB_WEBHOOK_SECRET",
                 "the webhook secret entered in the App's settings (signs every delivery)",
             )
+        if not require_app:
+            _refuse_half_given_app(env)
         username = env.get("REGISTRY_USERNAME")
         password = env.secret("REGISTRY_PASSWORD")
         if (username is None) != (password is None):
@@ -130,6 +137,24 @@ class Config:
                 meaning="the number of request threads per web process",
             ),
             log_level=_log_level(env),
+            min_free_disk=_size(env, "MIN_FREE_DISK", "2g",
+                                meaning="free disk a build needs before it starts"),
+            retention_days=_int(
+                env, "RETENTION_DAYS", 30, low=1, high=36500,
+                meaning="days finished builds and their logs are kept",
+            ),
+            keep_images=_int(
+                env, "KEEP_IMAGES", 3, low=0, high=10000,
+                meaning="built images kept on the build host per service",
+            ),
+            stop_grace=_int(
+                env, "STOP_GRACE", 25, low=0, high=86400,
+                meaning="seconds a stopping process lets running builds finish",
+            ),
+            lease_seconds=_int(
+                env, "LEASE_SECONDS", 60, low=5, high=86400,
+                meaning="seconds a claimed job stays its worker's without a heartbeat",
+            ),
         )
 
 
@@ -149,6 +174,30 @@ class _Environ:
         """A secret exactly as given: GitHub signs with every character of it."""
         value = self._environ.get(name)
         return value if value and value.strip() else None
+
+
+# The three values that make an App, each by the variable(s) that may give it.
+_APP_PARTS = (
+    (("GITHUB_APP_ID",), "GITHUB_APP_ID"),
+    (("GITHUB_PRIVATE_KEY_PATH", "GITHUB_PRIVATE_KEY"),
+     "GITHUB_PRIVATE_KEY_PATH (or GITHUB_PRIVATE_KEY)"),
+    (("GITHUB_WEBHOOK_SECRET",), "GITHUB_WEBHOOK_SECRET"),
+)
+
+
+def _refuse_half_given_app(env: _Environ) -> None:
+    """Some of the App's id, key and secret but not all: a typo, not setup mode."""
+    given = [any(env.secret(name) for name in names) for names, _ in _APP_PARTS]
+    if any(given) and not all(given):
+        missing = [label for (_, label), ok in zip(_APP_PARTS, given, strict=True) if not ok]
+        present = [label for (_, label), ok in zip(_APP_PARTS, given, strict=True) if ok]
+        raise ConfigError(
+            f"The App is half configured: {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set but {' and '.join(present)} "
+            f"{'is' if len(present) == 1 else 'are'}; set all three (from the App's settings), "
+            "or none of them to start in setup mode.",
+            variable=_APP_PARTS[given.index(False)][0][0],
+        )
 
 
 def _missing(name: str, meaning: str) -> ConfigError:
@@ -264,6 +313,38 @@ def _int(env: _Environ, name: str, default: int, *, low: int, high: int, meaning
             variable=name,
         )
     return number
+
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes of a size written as Docker writes it (`512m`, `2g`, `1.5G`, `100000`), or None."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_size(size: float) -> str:
+    """`2.0 GiB`, `512.0 MiB`: how a size reads in a message."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _size(env: _Environ, name: str, default: str, *, meaning: str) -> int:
+    value = env.get(name, default)
+    size = parse_size(value)
+    if size is None:
+        raise ConfigError(
+            f"{name} must be a size such as {default}, 512m or 10g ({meaning}), not {value!r}.",
+            variable=name,
+        )
+    return size
 
 
 def _target_branch(env: _Environ) -> str:

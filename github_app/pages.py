@@ -1,5 +1,6 @@
 """What people see in a browser: the build pages and the badges.
 
+- `GET /`: redirects to `/builds` (to `/setup` until the App is set up);
 - `GET /builds`: recent builds, filtered by `?repository=` and `?status=`;
 - `GET /builds/<id>`: one build (the check run's `details_url`), its image,
   links to the pull request and commit, and its log, followed live while the
@@ -22,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, abort, g, render_template, request, url_for
+from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
 
 from . import badges, reporting
 from .buildlog import BuildLog
@@ -230,6 +231,16 @@ def _iso_filter(timestamp: float | None) -> str:
 
 
 # -- build pages --------------------------------------------------------------
+
+
+@bp.get("/")
+def home():
+    """The builds, or the App's setup while Slipway has no App credentials."""
+    from .setup import pick_up_stored_credentials
+
+    runtime = current_runtime()
+    pick_up_stored_credentials(runtime)
+    return redirect("/builds" if runtime.config.has_app_credentials else "/setup")
 
 
 @bp.get("/builds")

@@ -54,6 +54,7 @@ def test_pushed_image_carries_oci_and_caller_labels(registry, published, unique_
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ",
                         labels["org.opencontainers.image.created"])
     assert labels["team"] == 'payments $HOME "x"', "label values arrive verbatim"
+    assert labels["dev.slipway.service"] == unique_name, "pruning finds Slipway's images by it"
     assert image_labels(registry.address, unique_name, "9.9.9") is None
 
 

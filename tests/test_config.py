@@ -244,3 +244,77 @@ class TestPrivateKey:
         """Setting both the path and the key asks to keep only one."""
         environ["GITHUB_PRIVATE_KEY_PATH"] = str(tmp_path / "app.pem")
         assert "keep only one" in str(error_for(environ))
+
+
+def test_operating_bounds_have_the_design_defaults(environ):
+    """MIN_FREE_DISK, RETENTION_DAYS, KEEP_IMAGES, STOP_GRACE, LEASE_SECONDS: DESIGN.md defaults."""
+    config = Config.from_env(environ)
+    assert config.min_free_disk == 2 * 1024**3
+    assert (config.retention_days, config.keep_images) == (30, 3)
+    assert (config.stop_grace, config.lease_seconds) == (25, 60)
+
+
+def test_operating_bounds_are_read(environ):
+    """Sizes are written as Docker writes them; each bound lands in its field."""
+    environ.update(MIN_FREE_DISK="512m", RETENTION_DAYS="7", KEEP_IMAGES="0",
+                   STOP_GRACE="5", LEASE_SECONDS="20")
+    config = Config.from_env(environ)
+    assert config.min_free_disk == 512 * 1024**2
+    assert (config.retention_days, config.keep_images) == (7, 0)
+    assert (config.stop_grace, config.lease_seconds) == (5, 20)
+    environ["MIN_FREE_DISK"] = "1.5G"
+    assert Config.from_env(environ).min_free_disk == int(1.5 * 1024**3)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("MIN_FREE_DISK", "lots"), ("MIN_FREE_DISK", "-1g"), ("RETENTION_DAYS", "0"),
+     ("KEEP_IMAGES", "three"), ("STOP_GRACE", "-5"), ("LEASE_SECONDS", "1")],
+)
+def test_a_malformed_bound_is_named(environ, variable, value):
+    """A bad operating bound stops start-up with one line naming it and the value given."""
+    environ[variable] = value
+    error = error_for(environ)
+    assert error.variable == variable
+    assert variable in str(error) and repr(value) in str(error) and "\n" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        (("GITHUB_APP_ID",), ("GITHUB_PRIVATE_KEY_PATH", "GITHUB_WEBHOOK_SECRET")),
+        (("GITHUB_APP_ID", "GITHUB_WEBHOOK_SECRET"), ("GITHUB_PRIVATE_KEY_PATH",)),
+        (("GITHUB_PRIVATE_KEY", "GITHUB_WEBHOOK_SECRET"), ("GITHUB_APP_ID",)),
+        (("GITHUB_WEBHOOK_SECRET",), ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY_PATH")),
+    ],
+)
+def test_a_half_given_app_is_refused_even_in_setup_mode(environ, given, missing):
+    """Some of id, key and secret set, not all: one line naming what is missing, not setup mode."""
+    partial = {name: environ[name] for name in given}
+    error = error_for(partial, require_app=False)
+    message = str(error)
+    assert "\n" not in message and message.startswith("The App is half configured: ")
+    named_missing = message.split(" not set")[0]
+    for name in missing:
+        assert name in named_missing
+    assert error.variable == missing[0]
+    assert SECRET not in message and "PRIVATE KEY-----" not in message
+
+
+def test_serve_with_a_half_given_app_exits_with_one_line(environ, tmp_path):
+    """`python -m github_app serve` with a half-given App exits 2, naming what is missing."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
+    env.update(GITHUB_APP_ID="12345", GITHUB_WEBHOOK_SECRET=SECRET, DATA_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "github_app", "serve", "--host", "127.0.0.1"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        "slipway: The App is half configured: GITHUB_PRIVATE_KEY_PATH (or GITHUB_PRIVATE_KEY) "
+        "is not set but GITHUB_APP_ID and GITHUB_WEBHOOK_SECRET are; set all three (from the "
+        "App's settings), or none of them to start in setup mode."
+    ]

@@ -375,3 +375,27 @@ def test_secrets_from_setup_never_reach_the_log_later(client, fake_github):
     assert "a careless line" in text
     assert conversion["webhook_secret"] not in text
     assert "BEGIN RSA PRIVATE KEY" not in text
+
+
+def test_home_redirects_to_setup_until_the_app_is_set_up_then_to_builds(
+        app, client, fake_github):
+    """`GET /` leads to /setup in setup mode, and to /builds once setup stored the App."""
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/setup"
+
+    fake_github.add_manifest_code("code-home")
+    state = start_setup(client)
+    assert client.get(f"/setup/callback?code=code-home&state={state}").status_code == 200
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/builds"
+    assert client.get(response.headers["Location"]).status_code == 200
+
+
+def test_home_redirects_to_builds_when_the_environment_gives_the_app(data_dir, fake_github):
+    """An App configured by the environment is never in setup mode: `/` shows the builds."""
+    app = make_app(data_dir, fake_github.url, app_id=str(fake_github.app_id),
+                   private_key=fake_github.private_key_pem, webhook_secret="s")
+    response = app.test_client().get("/")
+    assert (response.status_code, response.headers["Location"]) == (302, "/builds")
