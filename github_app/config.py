@@ -25,6 +25,7 @@ from github_app.errors import ConfigError
 
 DEFAULT_API_URL = "https://api.github.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FLOATING_KINDS = ("major", "minor", "latest")
 # host[:port] or [ipv6][:port], optionally with a namespace path: registry.example.com/team
 _REGISTRY = re.compile(
     r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?(?:/[a-z0-9._-]+)*"
@@ -59,6 +60,7 @@ class Config:
     keep_images: int = 3
     stop_grace: int = 25  # seconds
     lease_seconds: int = 60
+    floating_tags: tuple[str, ...] = ("major", "minor", "latest")
 
     @property
     def has_app_credentials(self) -> bool:
@@ -155,6 +157,7 @@ class Config:
                 env, "LEASE_SECONDS", 60, low=5, high=86400,
                 meaning="seconds a claimed job stays its worker's without a heartbeat",
             ),
+            floating_tags=_floating_tags(env),
         )
 
 
@@ -169,6 +172,10 @@ class _Environ:
         if value is None or not value.strip():
             return default
         return value.strip()
+
+    def raw(self, name: str) -> str | None:
+        """The value as given, blanks included (None only when the variable is absent)."""
+        return self._environ.get(name)
 
     def secret(self, name: str) -> str | None:
         """A secret exactly as given: GitHub signs with every character of it."""
@@ -366,3 +373,19 @@ def _log_level(env: _Environ) -> str:
             variable="LOG_LEVEL",
         )
     return value
+
+
+def _floating_tags(env: _Environ) -> tuple[str, ...]:
+    # Blanks count as unset everywhere else, but here an empty value says "none".
+    raw = env.raw("FLOATING_TAGS")
+    if raw is None:
+        return ("major", "minor", "latest")
+    kinds = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
+    unknown = [kind for kind in kinds if kind not in FLOATING_KINDS]
+    if unknown:
+        raise ConfigError(
+            f"FLOATING_TAGS may list {', '.join(FLOATING_KINDS)} (comma-separated; empty: "
+            f"none), not {unknown[0]!r}.",
+            variable="FLOATING_TAGS",
+        )
+    return kinds

@@ -318,3 +318,18 @@ def test_serve_with_a_half_given_app_exits_with_one_line(environ, tmp_path):
         "is not set but GITHUB_APP_ID and GITHUB_WEBHOOK_SECRET are; set all three (from the "
         "App's settings), or none of them to start in setup mode."
     ]
+
+
+def test_floating_tags_default_to_major_minor_latest_and_empty_means_none(environ):
+    """FLOATING_TAGS: unset moves major, minor and latest; empty moves none; a subset is kept."""
+    assert Config.from_env(environ).floating_tags == ("major", "minor", "latest")
+    assert Config.from_env({**environ, "FLOATING_TAGS": ""}).floating_tags == ()
+    assert Config.from_env({**environ, "FLOATING_TAGS": " Latest, minor"}).floating_tags \
+        == ("latest", "minor")
+
+
+def test_an_unknown_floating_tag_is_named_with_the_choices(environ):
+    """FLOATING_TAGS=patch fails start-up with one line naming the variable and the choices."""
+    error = error_for({**environ, "FLOATING_TAGS": "major,patch"})
+    assert error.variable == "FLOATING_TAGS"
+    assert "'patch'" in str(error) and "major, minor, latest" in str(error)
