@@ -42,6 +42,12 @@ Python interface:
     fake.fail_next(method, path_regex, status, times=1, headers=None, body=None)
     fake.add_manifest_code(code) -> the conversion JSON that POST /app-manifests/{code}/conversions
                                     answers once (its pem/id are this fake's App)
+    fake.webhook_url, fake.webhook_secret   where the App's deliveries go, what signs them
+    fake.send_webhook(event, payload, guid=None, delivered_at=None) -> the logged Attempt
+                                    (status 0 when nothing listens at webhook_url)
+    fake.deliveries                  # the App's delivery log (tests/fake_github_deliveries.py):
+                                    .attempts, .of_guid(guid), .record(event, payload,
+                                    status_code=...), .wait_for_redeliveries()
     fake.reset()                     # forget everything but the App and its key
 
 `fail_next` matches `method` ("*" for any) and `re.search(path_regex, path)` where path is
@@ -54,7 +60,9 @@ message is GitHub's; the recorded message adds why.
 
 Endpoints: GET /app, GET /app/installations, GET /app/installations/{id},
 POST /app/installations/{id}/access_tokens, GET /repos/{o}/{r}/installation,
-POST /app-manifests/{code}/conversions; with a token: GET /repos/{o}/{r},
+POST /app-manifests/{code}/conversions, GET /app/hook/deliveries (per_page, cursor, status;
+`Link` rel="next"), GET /app/hook/deliveries/{id}, POST /app/hook/deliveries/{id}/attempts
+(202; delivers again in the background with the same guid); with a token: GET /repos/{o}/{r},
 POST/PATCH/GET check-runs, GET check-suites/{id}/check-runs, GET commits/{ref}/check-runs,
 POST statuses/{sha}, GET commits/{ref}/statuses, GET commits/{ref}/status,
 GET contents/{path}?ref=, GET tarball/{ref} (302 to /_codeload/... with a short-lived
@@ -85,6 +93,7 @@ from fake_github_auth import (
     verify_app_jwt,
     verify_installation_token,
 )
+from fake_github_deliveries import DEFAULT_PER_PAGE, MAX_PER_PAGE, DeliveryLog
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -275,6 +284,10 @@ class FakeGitHub:
             self._failures: list[dict] = []
             self._rate_used: dict[str, int] = {}
             self._next_id = 1000
+            # Where the App's webhook deliveries go, and the secret that signs them.
+            self.webhook_url: str | None = None
+            self.webhook_secret: str | None = None
+            self.deliveries = DeliveryLog(now=self.now, app_id=self.app_id)
 
     def now(self) -> float:
         """The server's clock: the machine's plus `clock_offset`."""
@@ -373,6 +386,16 @@ class FakeGitHub:
             self._failures.append({"method": method.upper(), "regex": re.compile(path_regex),
                                    "status": status, "times": times,
                                    "headers": dict(headers or {}), "body": body})
+
+    def send_webhook(self, event: str, payload: dict, *, guid: str | None = None,
+                     delivered_at: float | None = None):
+        """Deliver an event to `webhook_url` as GitHub does, and log the attempt.
+
+        Nothing listening there (Slipway down): the attempt is logged with status 0.
+        """
+        return self.deliveries.send(event, payload, url=self.webhook_url,
+                                    secret=self.webhook_secret, guid=guid,
+                                    delivered_at=delivered_at)
 
     def check_run_history(self, run_id: int) -> list[dict]:
         """The bodies received for one check run: the POST, then each PATCH."""
@@ -586,6 +609,46 @@ class FakeGitHub:
             raise github_error(404, "Not Found", why=f"Not Found: manifest code {code!r} is "
                                "unknown or already used")
         return 201, result, {}
+
+    # -- the App's webhook deliveries (JWT) --------------------------------------------------
+
+    def list_deliveries(self, request, body):
+        per_page = _per_page(request.args.get("per_page"))
+        status = request.args.get("status")
+        if status not in (None, "success", "failure"):
+            raise github_error(422, "Validation Failed", _HOOK_DOCS, errors=[
+                {"resource": "WebhookDelivery", "field": "status", "code": "invalid"}],
+                why=f"status must be success or failure, not {status!r}")
+        cursor = request.args.get("cursor")
+        start = None
+        if cursor is not None:
+            if not re.fullmatch(r"v1_\d+", cursor):
+                raise github_error(422, "Validation Failed", _HOOK_DOCS, errors=[
+                    {"resource": "WebhookDelivery", "field": "cursor", "code": "invalid"}],
+                    why=f"cursor {cursor!r} is not one that a Link header gave")
+            start = int(cursor[3:])
+        items, following = self.deliveries.page(per_page=per_page, cursor=start, status=status)
+        headers = {}
+        if following is not None:
+            query = f"per_page={per_page}&cursor=v1_{following}"
+            if status:
+                query += f"&status={status}"
+            headers["Link"] = f'<{self.url}/app/hook/deliveries?{query}>; rel="next"'
+        return 200, [a.simple(shapes.iso8601) for a in items], headers
+
+    def get_delivery(self, request, body, delivery_id):
+        attempt = self.deliveries.get(int(delivery_id))
+        if attempt is None:
+            raise github_error(404, "Not Found", _HOOK_DOCS,
+                               why=f"Not Found: no delivery {delivery_id} in the last 3 days")
+        return 200, attempt.full(shapes.iso8601), {}
+
+    def redeliver(self, request, body, delivery_id):
+        if not self.deliveries.redeliver(int(delivery_id), url=self.webhook_url,
+                                         secret=self.webhook_secret):
+            raise github_error(404, "Not Found", _HOOK_DOCS,
+                               why=f"Not Found: no delivery {delivery_id} in the last 3 days")
+        return 202, {}, {}
 
     # -- repositories (installation token) ---------------------------------------------------
 
@@ -815,6 +878,16 @@ _REASONS = {400: "Bad Request", 401: "Bad credentials", 403: "Forbidden", 404: "
             409: "Conflict", 422: "Validation Failed", 429: "Too Many Requests",
             500: "Server Error", 502: "Server Error", 503: "Service Unavailable"}
 
+_HOOK_DOCS = "https://docs.github.com/rest/apps/webhooks"
+
+
+def _per_page(value: str | None) -> int:
+    """GitHub's `per_page`: a number up to 100 (more is cut to 100); otherwise the default."""
+    if value is None or not value.strip().isdigit() or int(value) < 1:
+        return DEFAULT_PER_PAGE
+    return min(int(value), MAX_PER_PAGE)
+
+
 _R = r"/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)"
 _ROUTES = [
     (method, re.compile(f"^{pattern}$"), handler, auth)
@@ -825,6 +898,9 @@ _ROUTES = [
         ("POST", r"/app/installations/(?P<installation_id>\d+)/access_tokens",
          "create_access_token", "jwt"),
         ("GET", _R + r"/installation", "get_repo_installation", "jwt"),
+        ("GET", r"/app/hook/deliveries", "list_deliveries", "jwt"),
+        ("GET", r"/app/hook/deliveries/(?P<delivery_id>\d+)", "get_delivery", "jwt"),
+        ("POST", r"/app/hook/deliveries/(?P<delivery_id>\d+)/attempts", "redeliver", "jwt"),
         ("POST", r"/app-manifests/(?P<code>[^/]+)/conversions", "convert_manifest", "none"),
         ("GET", _R, "get_repo", "token"),
         ("GET", _R + r"/pulls/(?P<number>\d+)", "get_pull", "token"),

@@ -5,6 +5,7 @@ It is 13 MB of JSON: it is read once per process, on first use, and one compiled
 kept per operation.
 
     errors = request_body_errors("POST", "/repos/o/r/check-runs", body)   # [] when valid
+    errors = response_body_errors("GET", "/app/hook/deliveries", 200, answer)
     operation = find_operation("PATCH", "/repos/o/r/check-runs/7")        # Operation | None
 
 The description is OpenAPI 3.0, whose schemas are draft-4 JSON Schema plus `nullable`; a schema
@@ -102,18 +103,34 @@ def request_body_errors(method: str, path: str, body) -> list[jsonschema.Validat
     operation = find_operation(method, path)
     if operation is None or operation.body_schema is None:
         return []
-    validator = _validator(operation.method, operation.template)
+    validator = _validator(_pointer("paths", operation.template, operation.method.lower(),
+                                    "requestBody", "content", "application/json", "schema"))
     return sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
 
 
+def response_body_errors(method: str, path: str, status: int,
+                         body) -> list[jsonschema.ValidationError]:
+    """The ways `body` breaks the schema of the operation's `status` answer; [] when it fits."""
+    operation = find_operation(method, path)
+    if operation is None:
+        raise LookupError(f"the description has no {method} {path}")
+    where = ("paths", operation.template, method.lower(), "responses", str(status))
+    answer = load_spec()["paths"][operation.template][method.lower()]["responses"][str(status)]
+    if "$ref" in answer:  # a shared answer: #/components/responses/accepted
+        where = tuple(answer["$ref"].removeprefix("#/").split("/"))
+        where = tuple(part.replace("~1", "/").replace("~0", "~") for part in where)
+    validator = _validator(_pointer(*where, "content", "application/json", "schema"))
+    return sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
+
+
+def _pointer(*parts: str) -> str:
+    """A JSON pointer (without the leading /) to `parts` in the description."""
+    return "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
 @functools.cache
-def _validator(method: str, template: str) -> jsonschema.Draft4Validator:
-    """A compiled validator for one operation's body, `$ref`s resolved in the description."""
-    pointer = "/".join(
-        part.replace("~", "~0").replace("/", "~1")
-        for part in ("paths", template, method.lower(), "requestBody", "content",
-                     "application/json", "schema")
-    )
+def _validator(pointer: str) -> jsonschema.Draft4Validator:
+    """A compiled validator for the schema at `pointer`, `$ref`s resolved in the description."""
     return jsonschema.Draft4Validator(
         {"$ref": f"{_SPEC_URI}#/{pointer}"},
         registry=_registry(),
