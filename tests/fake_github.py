@@ -231,12 +231,12 @@ class FakeGitHub:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> FakeGitHub:
-        """Listen on an ephemeral loopback port in a background thread."""
+    def start(self, host: str = "127.0.0.1") -> FakeGitHub:
+        """Listen on an ephemeral port of `host` (loopback by default) in a background thread."""
         openapi_validation.load_spec()  # pay the 13 MB parse before the first request
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True,
+        self._server = make_server(host, 0, self._wsgi, threaded=True,
                                    request_handler=_QuietHandler)
-        self.root_url = f"http://127.0.0.1:{self._server.server_port}"
+        self.root_url = f"http://{host}:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="fake-github")
         self._thread.start()
@@ -921,6 +921,7 @@ _ROUTES = [
 ]
 
 
-def start_fake_github(app_id: int = 12345, enterprise: bool = False) -> FakeGitHub:
+def start_fake_github(app_id: int = 12345, enterprise: bool = False,
+                      host: str = "127.0.0.1") -> FakeGitHub:
     """A started FakeGitHub; the caller stops it (conftest's session fixture does)."""
-    return FakeGitHub(app_id=app_id, enterprise=enterprise).start()
+    return FakeGitHub(app_id=app_id, enterprise=enterprise).start(host)
