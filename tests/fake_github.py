@@ -65,7 +65,8 @@ POST /app-manifests/{code}/conversions, GET /app/hook/deliveries (per_page, curs
 (202; delivers again in the background with the same guid); with a token: GET /repos/{o}/{r},
 POST/PATCH/GET check-runs, GET check-suites/{id}/check-runs, GET commits/{ref}/check-runs,
 POST statuses/{sha}, GET commits/{ref}/statuses, GET commits/{ref}/status,
-GET contents/{path}?ref=, GET tarball/{ref} (302 to /_codeload/... with a short-lived
+GET contents/{path}?ref=, GET git/commits/{sha} (the tree sha is git's, computed from the
+files: equal trees, equal shas), GET tarball/{ref} (302 to /_codeload/... with a short-lived
 `?token=`, which needs no Authorization header), GET pulls/{n}.
 """
 
@@ -148,6 +149,8 @@ class Repository:
     default_branch: str
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    parents: dict[str, list[str]] = field(default_factory=dict)
+    commit_times: dict[str, float] = field(default_factory=dict)
 
     @property
     def full_name(self) -> str:
@@ -343,6 +346,8 @@ class FakeGitHub:
                     tree[path] = content.encode() if isinstance(content, str) else bytes(content)
             sha = secrets.token_hex(20)
             repo.commits[sha] = tree
+            repo.parents[sha] = [parent] if parent else []
+            repo.commit_times[sha] = self.now()
             repo.branches[branch] = sha
             return sha
 
@@ -689,6 +694,17 @@ class FakeGitHub:
         pr = self.pull_requests[(repo.full_name.lower(), number)]
         return shapes.pull_request(self.url, repo, self._repo_json(repo), pr)
 
+    def get_git_commit(self, request, body, owner, repo, sha, token):
+        found = self._repo(owner, repo)
+        # The Git database API takes a full sha only: no branch names, no short shas.
+        if sha not in found.commits:
+            raise github_error(404, "Not Found", "https://docs.github.com/rest/git/commits"
+                               "#get-a-commit-object", why=f"Not Found: no commit {sha} in "
+                               f"{found.full_name}")
+        shape = shapes.git_commit(self.url, found, sha, found.commits[sha],
+                                  found.parents.get(sha, []), "Commit", found.commit_times[sha])
+        return 200, shape, {}
+
     def get_contents(self, request, body, owner, repo, path, token):
         found = self._repo(owner, repo)
         ref = request.args.get("ref") or found.default_branch
@@ -905,6 +921,7 @@ _ROUTES = [
         ("GET", _R, "get_repo", "token"),
         ("GET", _R + r"/pulls/(?P<number>\d+)", "get_pull", "token"),
         ("GET", _R + r"/contents/?(?P<path>.*)", "get_contents", "token"),
+        ("GET", _R + r"/git/commits/(?P<sha>[^/]+)", "get_git_commit", "token"),
         ("GET", _R + r"/tarball/?(?P<ref>.+)?", "get_tarball", "token"),
         ("POST", _R + r"/check-runs", "create_check_run", "token"),
         ("PATCH", _R + r"/check-runs/(?P<check_run_id>\d+)", "update_check_run", "token"),

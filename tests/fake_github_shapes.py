@@ -169,6 +169,57 @@ def git_blob_sha(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def git_tree_sha(files: dict[str, bytes]) -> str:
+    """The sha git gives the root tree holding `files` (path -> bytes): equal trees, equal shas.
+
+    Every file is a regular file (mode 100644); folders are trees (mode 40000),
+    sorted as git sorts them (a folder's name as if it ended with `/`).
+    """
+    entries: dict[str, bytes | dict] = {}
+    for path, data in files.items():
+        node = entries
+        *folders, name = path.split("/")
+        for folder in folders:
+            node = node.setdefault(folder, {})
+        node[name] = data
+    return _tree_sha(entries)
+
+
+def _tree_sha(entries: dict) -> str:
+    def order(name: str) -> str:
+        return name + "/" if isinstance(entries[name], dict) else name
+
+    body = b""
+    for name in sorted(entries, key=order):
+        value = entries[name]
+        if isinstance(value, dict):
+            mode, sha = b"40000", _tree_sha(value)
+        else:
+            mode, sha = b"100644", git_blob_sha(value)
+        body += mode + b" " + name.encode() + b"\0" + bytes.fromhex(sha)
+    return hashlib.sha1(b"tree %d\0" % len(body) + body).hexdigest()
+
+
+def git_commit(api: str, repo, sha: str, files: dict[str, bytes], parents: list[str],
+               message: str, date: float) -> dict:
+    """GET /repos/{owner}/{repo}/git/commits/{sha}: the commit with its tree and parents."""
+    shape = example("git-commit")
+    base = f"{api}/repos/{repo.full_name}/git"
+    tree = git_tree_sha(files)
+    shape.update(
+        sha=sha, url=f"{base}/commits/{sha}", message=message,
+        html_url=f"https://github.com/{repo.full_name}/commit/{sha}",
+        node_id=base64.b64encode(f"06:Commit{repo.id}:{sha}".encode()).decode(),
+        tree={"url": f"{base}/trees/{tree}", "sha": tree},
+        parents=[{"url": f"{base}/commits/{parent}", "sha": parent,
+                  "html_url": f"https://github.com/{repo.full_name}/commit/{parent}"}
+                 for parent in parents],
+    )
+    for who in ("author", "committer"):
+        shape[who]["date"] = iso8601(date)
+    return shape
+
+
 def content_file(api: str, repo, path: str, data: bytes, ref: str) -> dict:
     """GET /repos/{owner}/{repo}/contents/{path} for a file."""
     shape = example("content-file")

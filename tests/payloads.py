@@ -3,6 +3,7 @@
     load_event("pull_request", "closed")                       # deep copy of the first example
     load_event("pull_request", "closed", pull_request__merged=True)   # `__` walks into the payload
     merged_pull_request(labels=["version:1.4.0"], title="Release 1.4.0")
+    pull_request_event("synchronize", head_sha=sha, labels=["semver:minor"])   # before the merge
     body = to_body(payload); headers = webhook_headers("pull_request", body, secret)
 
 Never hand-write a payload: change the few fields a scenario needs in a real one.
@@ -93,6 +94,52 @@ def merged_pull_request(
         pr["merge_commit_sha"] = merge_commit_sha
     return payload
 
+
+# The actions that build before the merge. The examples hold each of them but `edited`,
+# which is the `opened` example with GitHub's `changes` object (webhooks-types'
+# PullRequestEditedEvent: `changes.title.from`, `changes.body.from`).
+PRE_MERGE_ACTIONS = ("opened", "reopened", "synchronize", "edited", "labeled", "unlabeled")
+
+
+def pull_request_event(
+    action: str,
+    *,
+    labels: list[str] | tuple[str, ...] = (),
+    title: str | None = None,
+    base_ref: str = "develop",
+    head_sha: str | None = None,
+    label: str | None = None,
+    changes: dict | None = None,
+    before: str | None = None,
+) -> dict:
+    """A real `pull_request` example of an open pull request, with `action`.
+
+    `label` is the label added (`labeled`) or removed (`unlabeled`); `changes` is
+    what `edited` changed (default: the title); `before` the head a `synchronize`
+    replaced.
+    """
+    if action not in PRE_MERGE_ACTIONS:
+        raise LookupError(f"{action} is not an action before the merge: {PRE_MERGE_ACTIONS}")
+    payload = load_event("pull_request", "opened" if action == "edited" else action)
+    payload["action"] = action
+    pr = payload["pull_request"]
+    template = load_event("pull_request", "closed")["pull_request"]["labels"][0]
+    old_title = pr["title"]
+    if title is not None:
+        pr["title"] = title
+    pr["labels"] = label_objects(labels, template)
+    pr["base"]["ref"] = base_ref
+    pr.update(state="open", merged=False, merged_at=None, closed_at=None, merged_by=None)
+    if head_sha is not None:
+        pr["head"]["sha"] = head_sha
+    if action in ("labeled", "unlabeled"):
+        payload["label"] = label_objects([label or "bug"], template)[0]
+    if action == "edited":
+        payload["changes"] = changes if changes is not None else {"title": {"from": old_title}}
+    if action == "synchronize":
+        payload["before"] = before or "0" * 40
+        payload["after"] = pr["head"]["sha"]
+    return payload
 
 
 def to_body(payload: dict) -> bytes:

@@ -438,3 +438,45 @@ def test_github3_enterprise_client_reaches_the_prefixed_fake(repo, enterprise_fa
     assert client.repository(OWNER, REPO).default_branch == made.default_branch
     assert fake.rejections == []
     assert all(r.raw_path.startswith("/api/v3/") for r in fake.requests)
+
+
+def test_git_commit_has_githubs_shape_and_a_tree_sha_computed_from_the_files(fake, repo):
+    """GET git/commits/{sha}: GitHub's shape; equal trees give equal shas, as git computes them."""
+    from openapi_validation import response_body_errors
+
+    token = installation_token(fake)
+    first = repo.default_sha
+    same = fake.add_commit(OWNER, REPO, files={}, branch="feature")  # same files, new commit
+    other = fake.add_commit(OWNER, REPO, files={"src/app.py": "print('bye')\n"})
+    answers = {sha: api(fake, "GET", f"/repos/{OWNER}/{REPO}/git/commits/{sha}", token)
+               for sha in (first, same, other)}
+    for sha, answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        path = f"/repos/{OWNER}/{REPO}/git/commits/{sha}"
+        assert response_body_errors("GET", path, 200, answer.json()) == []
+        assert answer.json()["sha"] == sha
+    tree = {sha: answer.json()["tree"]["sha"] for sha, answer in answers.items()}
+    assert tree[first] == tree[same] != tree[other]
+    # `git write-tree` of Dockerfile + src/app.py with these bytes gives this sha.
+    assert tree[first] == shapes_tree({"Dockerfile": b"FROM python:3.11-slim\n",
+                                                  "src/app.py": b"print('hi')\n"})
+    assert answers[other].json()["parents"][0]["sha"] == first
+    unknown = api(fake, "GET", f"/repos/{OWNER}/{REPO}/git/commits/{'0' * 40}", token)
+    assert unknown.status_code == 404
+
+
+def shapes_tree(files: dict) -> str:
+    """The tree sha `git write-tree` prints for `files`, by running git itself."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as root:
+        subprocess.run(["git", "init", "-q", root], check=True)
+        for name, data in files.items():
+            path = Path(root, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        subprocess.run(["git", "-C", root, "add", "."], check=True)
+        return subprocess.run(["git", "-C", root, "write-tree"], check=True,
+                              capture_output=True, text=True).stdout.strip()
