@@ -134,6 +134,15 @@ class BuildKind(enum.StrEnum):
     MERGE = "merge"
     RERUN_CHECK_RUN = "rerun_check_run"
     RERUN_CHECK_SUITE = "rerun_check_suite"
+    PRE_MERGE = "pre_merge"  # an open pull request: build its head, stage it as pr-<number>
+    CLOSED = "closed"  # closed without a merge: remove its staging tags
+
+
+# Pull request actions that (re)build or re-preview the head before the merge.
+PRE_MERGE_ACTIONS = ("opened", "reopened", "synchronize", "edited", "labeled", "unlabeled")
+# A label whose coming or going may change what the merge publishes.
+BUILD_LABEL = "slipway:build"
+_VERSION_LABEL_PREFIXES = ("version:", "semver:")
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,8 @@ class BuildRequest:
     check_run_name: str | None = None
     external_id: str | None = None
     check_suite_id: int | None = None
+    action: str | None = None
+    head_owner: str | None = None  # owner of the head repository (a fork's owner); None: gone
 
     @property
     def repository(self) -> str:
@@ -203,6 +214,8 @@ def decide(
 
 def _decide_pull_request(delivery: Delivery, target_branch: str) -> BuildRequest | Ignored:
     pr = delivery.payload.get("pull_request")
+    if delivery.action in PRE_MERGE_ACTIONS:
+        return _decide_pre_merge(delivery, target_branch)
     if delivery.action != "closed":
         return Ignored(
             f"pull_request {delivery.action} is not built: only merged pull requests are"
@@ -210,7 +223,7 @@ def _decide_pull_request(delivery: Delivery, target_branch: str) -> BuildRequest
     if not isinstance(pr, dict):
         return Ignored("pull_request closed without a pull_request object")
     if pr.get("merged") is not True:
-        return Ignored("pull_request closed without merge")
+        return _decide_closed(delivery, target_branch)
     base_ref = (pr.get("base") or {}).get("ref")
     if base_ref != target_branch:
         return Ignored(f"merged into {base_ref}, not {target_branch}")
@@ -227,14 +240,87 @@ def _decide_pull_request(delivery: Delivery, target_branch: str) -> BuildRequest
         head_sha=head_sha,
         pr_number=_int_or_none(pr.get("number")),
         pr_title=pr.get("title") or "",
-        labels=tuple(
-            label["name"]
-            for label in pr.get("labels") or ()
-            if isinstance(label, dict) and isinstance(label.get("name"), str)
-        ),
+        labels=_label_names(pr),
         base_ref=base_ref,
+        action=delivery.action,
+        head_owner=_head_owner(pr),
         **where,
     )
+
+
+def _decide_pre_merge(delivery: Delivery, target_branch: str) -> BuildRequest | Ignored:
+    """An open pull request into the target branch: build (or re-preview) its head."""
+    action = delivery.action
+    pr = delivery.payload.get("pull_request")
+    if not isinstance(pr, dict):
+        return Ignored(f"pull_request {action} without a pull_request object")
+    base_ref = (pr.get("base") or {}).get("ref")
+    if base_ref != target_branch:
+        return Ignored(f"pull request into {base_ref}, not {target_branch}: not built "
+                       "before the merge")
+    if pr.get("state") != "open":
+        return Ignored(f"pull_request {action} on a closed pull request")
+    if action in ("labeled", "unlabeled"):
+        name = ((delivery.payload.get("label") or {}).get("name") or "").strip().lower()
+        if not name.startswith(_VERSION_LABEL_PREFIXES) and name != BUILD_LABEL:
+            return Ignored(f"label {name or '(none)'} changes neither the version nor the build")
+    if action == "edited":
+        changes = delivery.payload.get("changes") or {}
+        if "title" not in changes and "base" not in changes:
+            return Ignored("pull_request edited: neither its title nor its base changed")
+    where = _where(delivery)
+    if isinstance(where, Ignored):
+        return where
+    head_sha = (pr.get("head") or {}).get("sha")
+    if not head_sha:
+        return Ignored(f"pull_request {action} without a head sha")
+    return BuildRequest(
+        kind=BuildKind.PRE_MERGE,
+        head_sha=head_sha,
+        pr_number=_int_or_none(pr.get("number")),
+        pr_title=pr.get("title") or "",
+        labels=_label_names(pr),
+        base_ref=base_ref,
+        action=action,
+        head_owner=_head_owner(pr),
+        **where,
+    )
+
+
+def _decide_closed(delivery: Delivery, target_branch: str) -> BuildRequest | Ignored:
+    """Closed without a merge: its staging tags go; nothing is built."""
+    pr = delivery.payload["pull_request"]
+    base_ref = (pr.get("base") or {}).get("ref")
+    if base_ref != target_branch:
+        return Ignored("pull_request closed without merge")
+    where = _where(delivery)
+    if isinstance(where, Ignored):
+        return where
+    return BuildRequest(
+        kind=BuildKind.CLOSED,
+        head_sha=(pr.get("head") or {}).get("sha") or "",
+        pr_number=_int_or_none(pr.get("number")),
+        pr_title=pr.get("title") or "",
+        base_ref=base_ref,
+        action="closed",
+        head_owner=_head_owner(pr),
+        **where,
+    )
+
+
+def _label_names(pr: dict) -> tuple[str, ...]:
+    return tuple(
+        label["name"]
+        for label in pr.get("labels") or ()
+        if isinstance(label, dict) and isinstance(label.get("name"), str)
+    )
+
+
+def _head_owner(pr: dict) -> str | None:
+    repo = (pr.get("head") or {}).get("repo")
+    if not isinstance(repo, dict):
+        return None  # the fork was deleted
+    return (repo.get("owner") or {}).get("login")
 
 
 def _decide_rerun(delivery: Delivery, app_id: int | str | None) -> BuildRequest | Ignored:

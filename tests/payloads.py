@@ -120,7 +120,10 @@ def pull_request_event(
     """
     if action not in PRE_MERGE_ACTIONS:
         raise LookupError(f"{action} is not an action before the merge: {PRE_MERGE_ACTIONS}")
-    payload = load_event("pull_request", "opened" if action == "edited" else action)
+    example = "opened" if action == "edited" else action
+    # The first example of the action sent to an App (with `installation`), as Slipway gets.
+    payload = copy.deepcopy(next(e for e in _examples()["pull_request"]
+                                 if e.get("action") == example and "installation" in e))
     payload["action"] = action
     pr = payload["pull_request"]
     template = load_event("pull_request", "closed")["pull_request"]["labels"][0]

@@ -100,9 +100,9 @@ def test_concurrent_redeliveries_build_once(app):
 @pytest.mark.parametrize(
     ("event", "payload", "reason"),
     [
-        ("pull_request", merged_pull_request(merged=False), "without merg"),
+        ("pull_request", merged_pull_request(merged=False, base_ref="main"), "without merg"),
         ("pull_request", merged_pull_request(base_ref="main"), "main"),
-        ("pull_request", load_event("pull_request", "opened"), "opened"),
+        ("pull_request", load_event("pull_request", "opened"), "not built before the merge"),
         ("push", load_event("push"), "push"),
         ("issues", load_event("issues", "opened"), "issues"),
     ],

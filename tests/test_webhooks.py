@@ -8,7 +8,15 @@ import dataclasses
 import json
 
 import pytest
-from payloads import load_event, merged_pull_request, sign, to_body, webhook_headers
+from payloads import (
+    PRE_MERGE_ACTIONS,
+    load_event,
+    merged_pull_request,
+    pull_request_event,
+    sign,
+    to_body,
+    webhook_headers,
+)
 
 from github_app.errors import WebhookRejected
 from github_app.webhooks import BuildKind, BuildRequest, Delivery, Ignored, Ping, decide
@@ -175,7 +183,7 @@ def test_target_branch_is_configurable():
 
 
 def test_closed_without_merge_is_ignored():
-    """The real closed example (not merged) is ignored with that reason."""
+    """The real closed example (not merged, into master) is ignored with that reason."""
     decision = decide_for(load_event("pull_request", "closed"), "pull_request")
     assert decision == Ignored("pull_request closed without merge")
 
@@ -186,12 +194,59 @@ def test_merged_into_another_branch_is_ignored():
     assert decision == Ignored("merged into main, not develop")
 
 
+@pytest.mark.parametrize("action", PRE_MERGE_ACTIONS)
+def test_an_open_pull_request_into_the_target_branch_builds_its_head(action):
+    """opened, reopened, synchronize, edited (title), labeled and unlabeled (a version
+    label) into develop ask for a pre-merge build of the head, with its labels and title."""
+    payload = pull_request_event(action, labels=["semver:minor"], title="Add orders",
+                                 head_sha="c" * 40, label="semver:minor")
+    decision = decide_for(payload, "pull_request")
+    assert isinstance(decision, BuildRequest)
+    assert decision.kind == BuildKind.PRE_MERGE
+    assert (decision.head_sha, decision.merge_commit_sha) == ("c" * 40, None)
+    assert (decision.pr_number, decision.pr_title) == (2, "Add orders")
+    assert decision.labels == ("semver:minor",)
+    assert decision.action == action
+    assert decision.head_owner == "Codertocat"
+
+
 @pytest.mark.parametrize("action", ["opened", "labeled", "reopened"])
-def test_other_pull_request_actions_are_ignored(action):
-    """Only closed pull requests can be built."""
+def test_a_pull_request_into_another_branch_is_not_built_before_the_merge(action):
+    """The real examples target master: with TARGET_BRANCH=develop they build nothing."""
     decision = decide_for(load_event("pull_request", action), "pull_request")
-    assert isinstance(decision, Ignored)
-    assert decision.reason.startswith(f"pull_request {action} is not built")
+    assert decision == Ignored("pull request into master, not develop: not built before "
+                               "the merge")
+
+
+def test_a_label_that_cannot_change_the_version_is_ignored():
+    """Labelling `bug` changes neither the version nor the build: nothing to do."""
+    payload = pull_request_event("labeled", labels=["bug"], label="bug")
+    assert decide_for(payload, "pull_request") == Ignored(
+        "label bug changes neither the version nor the build")
+    built = pull_request_event("labeled", labels=["slipway:build"], label="slipway:build")
+    assert decide_for(built, "pull_request").kind == BuildKind.PRE_MERGE
+
+
+def test_an_edit_of_the_body_alone_is_ignored():
+    """Only a new title (or base) can change what the merge publishes."""
+    payload = pull_request_event("edited", changes={"body": {"from": "old"}})
+    assert isinstance(decide_for(payload, "pull_request"), Ignored)
+
+
+def test_a_fork_pull_request_carries_the_forks_owner():
+    """The head repository's owner is what the fork rule looks at; a deleted fork has none."""
+    payload = pull_request_event("opened")
+    payload["pull_request"]["head"]["repo"]["owner"]["login"] = "stranger"
+    assert decide_for(payload, "pull_request").head_owner == "stranger"
+    payload["pull_request"]["head"]["repo"] = None
+    assert decide_for(payload, "pull_request").head_owner is None
+
+
+def test_closed_without_merge_into_the_target_branch_removes_its_staging_tag():
+    """An unmerged pull request into develop is a `closed` job: its staging tags go."""
+    decision = decide_for(merged_pull_request(merged=False), "pull_request")
+    assert decision.kind == BuildKind.CLOSED
+    assert decision.pr_number == 2
 
 
 @pytest.mark.parametrize(
