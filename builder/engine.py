@@ -253,3 +253,73 @@ def push_image(
         raise push_failed(image, registry, "the engine did not report the pushed digest",
                           log.tail.text())
     return digest
+
+
+# -- what the build host holds (for pruning, /healthz and doctor) -------------------------
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    id: str
+    tags: tuple[str, ...]
+    labels: dict[str, str]
+    created: int  # unix seconds
+    size: int
+
+
+def data_root(client) -> str:
+    """Where the engine keeps images and containers (`docker info`'s DockerRootDir)."""
+    with engine_errors():
+        return client.api.info().get("DockerRootDir") or "/var/lib/docker"
+
+
+def engine_version(client) -> str:
+    with engine_errors():
+        return client.api.version().get("Version") or "unknown"
+
+
+def images_labelled(client, label: str) -> list[LocalImage]:
+    """The images carrying ``label`` (``key`` or ``key=value``), newest first."""
+    with engine_errors():
+        found = client.api.images(filters={"label": label})
+    images = [
+        LocalImage(
+            id=entry["Id"],
+            tags=tuple(t for t in entry.get("RepoTags") or () if t != "<none>:<none>"),
+            labels=dict(entry.get("Labels") or {}),
+            created=int(entry.get("Created") or 0),
+            size=int(entry.get("Size") or 0),
+        )
+        for entry in found
+    ]
+    return sorted(images, key=lambda image: image.created, reverse=True)
+
+
+def has_image(client, name: str) -> bool:
+    """Whether the engine holds ``name`` (a tag or an id) without pulling it."""
+    with engine_errors():
+        try:
+            client.api.inspect_image(name)
+        except docker.errors.ImageNotFound:
+            return False
+    return True
+
+
+def remove_image(client, image: LocalImage) -> bool:
+    """Remove one image by its tags (then its id); False when a container still uses it.
+
+    Untagged parent layers go with it only when no other image needs them: the
+    layers a later build reuses stay (the engine keeps what is referenced)."""
+    with engine_errors():
+        try:
+            for tag in image.tags:
+                client.api.remove_image(tag, noprune=False)
+            if not image.tags:
+                client.api.remove_image(image.id, noprune=False)
+        except docker.errors.ImageNotFound:
+            return True
+        except docker.errors.APIError as exc:
+            if exc.response is not None and exc.response.status_code == 409:
+                return False  # in use by a container, or tagged again meanwhile
+            raise
+    return True

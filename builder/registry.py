@@ -213,6 +213,41 @@ class Registry:
             _raise_for_status(response, self.registry)
         return True
 
+    def check_api(self) -> None:
+        """Raise RegistryUnreachable, saying what to do, unless ``/v2/`` answers 200."""
+        response = self._session.get("/v2/", scope="registry:catalog:*")
+        if response.status_code == 200:
+            return
+        if response.status_code == 401:
+            advice = ("set REGISTRY_USERNAME and REGISTRY_PASSWORD to an account of it"
+                      if self._session.auth is None else
+                      "REGISTRY_USERNAME and REGISTRY_PASSWORD are refused: check them")
+            raise RegistryUnreachable(
+                f"The registry {self.registry} asks for credentials (401 on /v2/): {advice}.",
+                registry=self.registry, detail=response.text[:500],
+            )
+        if response.status_code == 404:
+            raise RegistryUnreachable(
+                f"{self._session.base}/v2/ is not a Docker registry (404): check REGISTRY.",
+                registry=self.registry,
+            )
+        _raise_for_status(response, self.registry)
+
+    def round_trip_blob(self, name: str) -> bool:
+        """Upload a small unique blob to ``name`` and delete it again.
+
+        Raises when the upload is refused; returns False when the registry does
+        not allow deletes (the blob then stays until its garbage collection)."""
+        data = json.dumps({"slipway": "doctor", "nonce": uuid.uuid4().hex}).encode()
+        digest = self._put_blob(name, data)
+        response = self._session.request("DELETE", f"/v2/{name}/blobs/{digest}",
+                                         scope=_delete(name))
+        if response.status_code == 405:
+            return False
+        if response.status_code != 404:
+            _raise_for_status(response, self.registry)
+        return True
+
     # -- the HTTP steps ----------------------------------------------------------------
 
     def _manifest_bytes(self, name: str, reference: str) -> tuple[bytes, str, str] | None:

@@ -5,6 +5,7 @@ everything, run.
              WEB_WORKERS processes; the one holding DATA_DIR's worker lock also
              runs the build worker's threads (WORKER_THREADS; 0: web only)
     worker   worker only, for a second machine or process on the same DATA_DIR
+    doctor   checks every part Slipway needs, one line each; exit 0 when all pass
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"),
                        help="address to listen on (default 0.0.0.0, or HOST)")
     commands.add_parser("worker", help="worker only (jobs from the same DATA_DIR)")
+    commands.add_parser("doctor", help="check every part Slipway needs, one line each")
     args = parser.parse_args(argv)
     command = args.command or "serve"
+    if command == "doctor":
+        from github_app import doctor
+
+        return doctor.main(os.environ)
 
     try:
         config = load_config(os.environ)

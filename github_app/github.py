@@ -100,6 +100,40 @@ class GitHubApp:
         """A fresh JWT for the App, corrected for a clock skew GitHub reported."""
         return app_jwt(self.app_id, self._key, self._clock() + self._skew)
 
+    def get_app(self) -> dict:
+        """`GET /app` with the App's JWT: its id, slug, name and owner (`owner.login`)."""
+        candidates = self._candidate_roots()
+        for root in candidates:
+            url = self._session.url("app", root=root)
+            response = self._session.call("GET", "/app", lambda url=url: self._session.gh._get(url),
+                                          accept=(401, 404))
+            if root != candidates[-1] and (response.status_code == 404 or not _is_json(response)):
+                continue
+            break
+        if response.status_code == 401 and self._learn_skew(response):
+            response = self._session.call("GET", "/app", lambda: self._session.gh._get(url))
+        if response.status_code >= 400:
+            raise self._session.error("GET", "/app", response, 1, 0.0, self._clock())
+        self._settle_root(root)
+        return response.json()
+
+    def list_installations(self) -> list[dict]:
+        """`GET /app/installations` (every page): the accounts the App is installed on."""
+        self.get_app()  # settles the API root and the clock skew first
+        found: list[dict] = []
+        page = 1
+        url = self._session.url("app", "installations")
+        while True:
+            params = {"per_page": 100, "page": page}
+            batch = self._session.call(
+                "GET", "/app/installations",
+                lambda params=params: self._session.gh._get(url, params=params),
+            ).json()
+            found.extend(batch)
+            if len(batch) < 100:
+                return found
+            page += 1
+
     def installation(self, installation_id: int) -> InstallationClient:
         """The client of one installation (shared: its token cache and connections)."""
         with self._guard:
