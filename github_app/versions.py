@@ -54,6 +54,8 @@ class Version:
     tag: str
     source: VersionSource
     explanation: str
+    # In a few words, for a one-line preview: "`semver:minor` over 1.3.2".
+    reason: str = ""
 
 
 def resolve_version(
@@ -66,7 +68,8 @@ def resolve_version(
         return _from_version_label(version_labels)
     match = _TITLE_VERSION.search(title or "")
     if match:
-        return _make(match.group(1), VersionSource.TITLE, f"from the title: {title.strip()!r}")
+        return _make(match.group(1), VersionSource.TITLE, f"from the title: {title.strip()!r}",
+                     reason="from the title")
     bump_labels = [label for label in labels if _has_prefix(label, BUMP_LABEL)]
     if bump_labels:
         return _from_bump_label(bump_labels, existing_tags)
@@ -120,7 +123,7 @@ def _from_version_label(version_labels: list[str]) -> Version:
     if others:
         ignored = ", ".join(others)
         explanation += f" (the first version label wins; also labelled {ignored}, ignored)"
-    return _make(text, VersionSource.LABEL, explanation)
+    return _make(text, VersionSource.LABEL, explanation, reason=f"`{chosen}`")
 
 
 def _from_bump_label(bump_labels: list[str], existing_tags: Iterable[str]) -> Version:
@@ -135,9 +138,11 @@ def _from_bump_label(bump_labels: list[str], existing_tags: Iterable[str]) -> Ve
     base = highest_release(existing_tags)
     if base is None:
         base_text = "0.0.0 (the registry holds no version of this service yet)"
+        reason = f"`semver:{part}`, first release"
         base = semver.Version(0, 0, 0)
     else:
         base_text = f"{base} (highest tag in the registry)"
+        reason = f"`semver:{part}` over {base}"
     bumped = base.next_version(part)
     explanation = f"semver:{part} on {base_text}"
     others = [label for label in bump_labels[1:] if label.lower() != chosen.lower()]
@@ -145,10 +150,10 @@ def _from_bump_label(bump_labels: list[str], existing_tags: Iterable[str]) -> Ve
         explanation += (
             f" (the first bump label wins; also labelled {', '.join(others)}, ignored)"
         )
-    return _make(str(bumped), VersionSource.BUMP, explanation)
+    return _make(str(bumped), VersionSource.BUMP, explanation, reason=reason)
 
 
-def _make(text: str, source: VersionSource, explanation: str) -> Version:
+def _make(text: str, source: VersionSource, explanation: str, *, reason: str = "") -> Version:
     tag = docker_tag(text)
     if "+" in text:
         build = text[text.index("+"):]
@@ -156,4 +161,4 @@ def _make(text: str, source: VersionSource, explanation: str) -> Version:
             f"; build metadata `{build}` is published as `-{build[1:]}`: "
             "Docker tags cannot hold `+`"
         )
-    return Version(text=text, tag=tag, source=source, explanation=explanation)
+    return Version(text=text, tag=tag, source=source, explanation=explanation, reason=reason)
