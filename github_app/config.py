@@ -60,6 +60,8 @@ class Config:
     keep_images: int = 3
     stop_grace: int = 25  # seconds
     lease_seconds: int = 60
+    # postgresql://user:password@host/db: one store shared by several machines.
+    database_url: str | None = field(default=None, repr=False)
     floating_tags: tuple[str, ...] = ("major", "minor", "latest")
 
     @property
@@ -157,8 +159,27 @@ class Config:
                 env, "LEASE_SECONDS", 60, low=5, high=86400,
                 meaning="seconds a claimed job stays its worker's without a heartbeat",
             ),
+            database_url=_database_url(env),
             floating_tags=_floating_tags(env),
         )
+
+
+def _database_url(env: _Environ) -> str | None:
+    """DATABASE_URL: unset (SQLite in DATA_DIR) or a PostgreSQL connection URL."""
+    url = env.secret("DATABASE_URL")
+    if url is None:
+        return None
+    url = url.strip()
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in ("postgresql", "postgres"):
+        # Never echo the value: it may carry a password.
+        raise ConfigError(
+            "DATABASE_URL must be a PostgreSQL URL, postgresql://USER:PASSWORD@HOST:PORT/DB "
+            "(or unset for SQLite in DATA_DIR); it starts with "
+            + (f"{scheme}://" if scheme else "no scheme"),
+            variable="DATABASE_URL",
+        )
+    return url
 
 
 class _Environ:

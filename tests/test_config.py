@@ -333,3 +333,21 @@ def test_an_unknown_floating_tag_is_named_with_the_choices(environ):
     error = error_for({**environ, "FLOATING_TAGS": "major,patch"})
     assert error.variable == "FLOATING_TAGS"
     assert "'patch'" in str(error) and "major, minor, latest" in str(error)
+
+
+def test_database_url_selects_postgresql_and_stays_out_of_repr(environ):
+    """DATABASE_URL is read as given and, since it may hold a password, never shown."""
+    assert Config.from_env(environ).database_url is None
+    environ["DATABASE_URL"] = "postgresql://slipway:db-pass@db.example:5432/slipway"
+    config = Config.from_env(environ)
+    assert config.database_url == "postgresql://slipway:db-pass@db.example:5432/slipway"
+    assert "db-pass" not in repr(config)
+
+
+def test_a_database_url_that_is_not_postgresql_says_what_is_expected(environ):
+    """A MySQL or SQLite URL is refused with the form expected, never echoing the value."""
+    environ["DATABASE_URL"] = "mysql://root:hunter22@db/slipway"
+    error = error_for(environ)
+    assert error.variable == "DATABASE_URL"
+    assert "postgresql://USER:PASSWORD@HOST:PORT/DB" in str(error)
+    assert "hunter22" not in str(error)
