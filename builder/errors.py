@@ -120,3 +120,7 @@ class RegistryUnreachable(BuilderError):
         super().__init__(message)
         self.registry = registry
         self.detail = detail
+
+
+class BuildCancelled(BuilderError):
+    """The caller stopped the build (its claim of the job lapsed); nothing was pushed after."""
