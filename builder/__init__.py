@@ -24,12 +24,14 @@ from builder.errors import (
     UnsupportedArtifactType,
 )
 from builder.references import image_name_for, image_tag, validate_service_name, validate_version
+from builder.settings import EngineSettings
 
 __all__ = [
     "build_artifact",
     "image_name_for",
     "oci_labels",
     "BuildResult",
+    "EngineSettings",
     "SUPPORTED_TYPES",
     "SERVICE_LABEL",
     "BuilderError",
@@ -82,6 +84,7 @@ def build_artifact(
     username: str | None = None,
     password: str | None = None,
     docker_client=None,
+    engine_settings: EngineSettings | None = None,
     nocache: bool = False,
 ) -> BuildResult:
     """Build ``context`` into ``REGISTRY/service_name:version``, push it, return what was pushed.
@@ -102,10 +105,10 @@ def build_artifact(
     # Imported here so that bad input is refused even where the docker SDK is absent.
     from builder import engine
 
-    with engine.opened(docker_client) as client:
+    with engine.opened(docker_client, settings=engine_settings) as client:
         repository = f"{registry}/{service_name}"
         tag = image_tag(registry, service_name, version)
-        log = engine.BuildLog(on_log)
+        log = engine.BuildOutput(on_log)
         image = engine.build_image(
             client,
             context=context_dir,

@@ -21,6 +21,7 @@ from builder import (
     UnsupportedArtifactType,
     build_artifact,
 )
+from builder.settings import EngineSettings
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -127,6 +128,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             username=environ.get("REGISTRY_USERNAME") or None,
             password=environ.get("REGISTRY_PASSWORD") or None,
             nocache=args.nocache,
+            engine_settings=EngineSettings.from_environ(environ),
         )
     except BuilderError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)

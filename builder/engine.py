@@ -27,9 +27,10 @@ from builder.references import (
     push_failed,
     step_of,
 )
+from builder.settings import EngineSettings
 
 
-class BuildLog:
+class BuildOutput:
     """Where the log goes: whole lines to ``on_log``, a bounded tail in memory."""
 
     def __init__(self, on_log: Callable[[str], None] | None = None):
@@ -59,18 +60,16 @@ class Image:
     size: int
 
 
-def connect(docker_client=None, *, docker_host: str | None = None):
-    """The caller's client, or one made the way the docker CLI makes it (DOCKER_HOST, ...).
-
-    `docker_host` overrides DOCKER_HOST of the environment."""
-    with engine_errors(docker_host):
+def connect(docker_client=None, *, settings: EngineSettings | None = None):
+    """The caller's client, or one made from `settings` (the local socket by default)."""
+    settings = settings or EngineSettings()
+    with engine_errors(settings):
         client = docker_client
         if client is None:
-            environment = {**os.environ, "DOCKER_HOST": docker_host} if docker_host else None
             # The SDK's default API version (1.44 in docker 7) is newer than some
             # engines still in use (20.10 speaks 1.41): ask the engine instead.
-            client = docker.from_env(version=os.environ.get("DOCKER_API_VERSION") or "auto",
-                                     environment=environment)
+            client = docker.from_env(version=settings.api_version or "auto",
+                                     environment=settings.environment())
         try:
             client.api.ping()
         except BaseException:
@@ -81,9 +80,9 @@ def connect(docker_client=None, *, docker_host: str | None = None):
 
 
 @contextmanager
-def opened(docker_client=None, *, docker_host: str | None = None) -> Iterator:
+def opened(docker_client=None, *, settings: EngineSettings | None = None) -> Iterator:
     """`connect`, closing the client at the end when it was opened here, not given."""
-    client = connect(docker_client, docker_host=docker_host)
+    client = connect(docker_client, settings=settings)
     try:
         yield client
     finally:
@@ -92,7 +91,7 @@ def opened(docker_client=None, *, docker_host: str | None = None) -> Iterator:
 
 
 @contextmanager
-def engine_errors(docker_host: str | None = None) -> Iterator[None]:
+def engine_errors(settings: EngineSettings | None = None) -> Iterator[None]:
     """Turn "cannot talk to the engine" into EngineUnreachable, with how to fix it."""
     try:
         yield
@@ -106,7 +105,7 @@ def engine_errors(docker_host: str | None = None) -> Iterator[None]:
         else:
             advice = ("start the engine, or point DOCKER_HOST at it "
                       "(unix:///var/run/docker.sock, tcp://HOST:2375)")
-        where = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        where = (settings or EngineSettings()).where
         raise EngineUnreachable(
             f"No Docker engine answers at {where}: {advice}.", detail=detail
         ) from exc
@@ -127,7 +126,7 @@ def build_image(
     labels: dict[str, str] | None,
     network: str | None,
     nocache: bool,
-    log: BuildLog,
+    log: BuildOutput,
 ) -> Image:
     """Build ``context`` and tag the result ``tag``; raise BuildFailed with the failing step."""
     error = None
@@ -190,7 +189,7 @@ def labelled_context(context: str, dockerfile: str, labels: dict[str, str] | Non
         archive.close()
 
 
-def _read_build_stream(stream: Iterable[dict], log: BuildLog) -> str | None:
+def _read_build_stream(stream: Iterable[dict], log: BuildOutput) -> str | None:
     """Read the whole stream into ``log``; return the engine's error, if any."""
     image_id, error = _log_stream(map(parse_build_chunk, stream), log, lambda e: e.image_id)
     if error is None and image_id is None:
@@ -200,7 +199,7 @@ def _read_build_stream(stream: Iterable[dict], log: BuildLog) -> str | None:
 
 def _log_stream(
     events: Iterable[BuildChunk | PushChunk],
-    log: BuildLog,
+    log: BuildOutput,
     result: Callable[[BuildChunk | PushChunk], str | None],
 ) -> tuple[str | None, str | None]:
     """Write every event's text to ``log``; return the last ``result`` and the first error.
@@ -232,7 +231,7 @@ def push_image(
     version: str,
     registry: str,
     auth: dict[str, str] | None,
-    log: BuildLog,
+    log: BuildOutput,
 ) -> str:
     """Push ``repository:version``; return the digest the registry gave it."""
     image = f"{repository}:{version}"

@@ -47,13 +47,13 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
 def docker_engine_ping(config):
     """A check for /healthz: raises EngineUnreachable, saying what to do, when no engine answers.
 
-    The builder owns the Docker SDK; this reuses its client (DOCKER_HOST, API version)."""
+    The builder owns the Docker SDK; this reuses its client, made from `config.engine`."""
     from builder import engine
 
     client = None
 
     def ping() -> None:
         nonlocal client
-        client = engine.connect(client, docker_host=config.docker_host)
+        client = engine.connect(client, settings=config.engine)
 
     return ping

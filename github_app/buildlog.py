@@ -60,7 +60,7 @@ def log_path(data_dir: str | Path, build_id: int) -> Path:
     return Path(data_dir) / "logs" / f"{int(build_id)}.log"
 
 
-class BuildLog:
+class BuildLogFile:
     """The log of one build: append while it runs, read while or after it runs.
 
     Appending is safe from several threads of one process; one build has one
@@ -84,7 +84,7 @@ class BuildLog:
         self._size: int | None = None
         self._truncated = False
 
-    def __enter__(self) -> BuildLog:
+    def __enter__(self) -> BuildLogFile:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -50,6 +50,9 @@ class Config:
     data_dir: Path = Path("data")
     build_network: str | None = None
     docker_host: str | None = None
+    docker_api_version: str | None = None
+    docker_tls_verify: bool = False
+    docker_cert_path: str | None = None
     port: int = 8080
     worker_threads: int = 2
     web_workers: int = 1
@@ -68,6 +71,14 @@ class Config:
     def has_app_credentials(self) -> bool:
         """True when the App id, private key and webhook secret are all known."""
         return bool(self.app_id and self.private_key and self.webhook_secret)
+
+    @property
+    def engine(self):
+        """The Docker engine settings (`builder.EngineSettings`) the builds and checks use."""
+        from builder.settings import EngineSettings
+
+        return EngineSettings(host=self.docker_host, api_version=self.docker_api_version,
+                              tls_verify=self.docker_tls_verify, cert_path=self.docker_cert_path)
 
     @property
     def webhook_secrets(self) -> tuple[str, ...]:
@@ -128,6 +139,10 @@ class Config:
             data_dir=Path(env.get("DATA_DIR", "data")),
             build_network=env.get("BUILD_NETWORK"),
             docker_host=env.get("DOCKER_HOST"),
+            docker_api_version=env.get("DOCKER_API_VERSION"),
+            # As the docker CLI reads it: set to anything but blank turns TLS on.
+            docker_tls_verify=env.get("DOCKER_TLS_VERIFY") is not None,
+            docker_cert_path=env.get("DOCKER_CERT_PATH"),
             port=_int(env, "PORT", 8080, low=1, high=65535, meaning="a TCP port"),
             worker_threads=_int(
                 env, "WORKER_THREADS", 2, low=0, high=64,

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
 
 from . import badges, reporting
-from .buildlog import BuildLog
+from .buildlog import BuildLogFile
 from .jobs import BuildState
 from .runtime import current_runtime
 
@@ -278,7 +278,7 @@ def list_builds():
 def show_build(build_id: int):
     runtime = current_runtime()
     build = _build_or_404(build_id)
-    log = BuildLog(runtime.config.data_dir, build.id)
+    log = BuildLogFile(runtime.config.data_dir, build.id)
     start = max(0, log.size() - PAGE_LOG_BYTES)
     text, offset = log.read(start)
     if start > 0:  # begin at a whole line
@@ -318,7 +318,7 @@ def build_log(build_id: int):
         return Response("offset must be 0 or more.\n", status=400, mimetype="text/plain")
     # A follower reads a chunk at a time; a plain GET gets the whole log.
     limit = LOG_CHUNK_BYTES if "offset" in request.args else None
-    text, next_offset = BuildLog(runtime.config.data_dir, build.id).read(offset, limit)
+    text, next_offset = BuildLogFile(runtime.config.data_dir, build.id).read(offset, limit)
     response = Response(text, mimetype="text/plain")
     response.headers["X-Log-Offset"] = str(next_offset)
     response.headers["X-Build-State"] = build.state.value

@@ -16,201 +16,27 @@ the infrastructure (DESIGN.md, "What the user sees").
 
 from __future__ import annotations
 
-import enum
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from github_app import errors
-from github_app.versions import Version
+from github_app.failures import (  # noqa: F401 - re-exported
+    KINDS,
+    STATUS_DESCRIPTION_LIMIT,
+    Cause,
+    Failure,
+    FailureKind,
+    classify_failure,
+    shorten,
+)
+from github_app.records import Build, BuildState
+from github_app.versions import Version, VersionSource
 
 # https://docs.github.com/en/rest/checks/runs#create-a-check-run: summary and text hold
 # at most 65535 characters, which GitHub counts in bytes.
 OUTPUT_LIMIT = 65535
-STATUS_DESCRIPTION_LIMIT = 140
 STATUS_CONTEXT = "slipway/docker"
 STATUS_STATES = ("error", "failure", "pending", "success")
-
-
-# --- failures ----------------------------------------------------------------------------------
-
-
-class Cause(enum.StrEnum):
-    REPOSITORY = "repository"
-    INFRASTRUCTURE = "infrastructure"
-
-
-class FailureKind(enum.StrEnum):
-    VERSION = "version"
-    VERSION_TAKEN = "version_taken"
-    SERVICE_CONFIG = "service_config"
-    REFERENCE = "reference"
-    DOCKERFILE = "dockerfile"
-    BUILD_STEP = "build_step"
-    PUSH = "push"
-    REGISTRY = "registry"
-    ENGINE = "engine"
-    SOURCE = "source"
-    GITHUB = "github"
-    INTERNAL = "internal"
-
-
-@dataclass(frozen=True)
-class _KindInfo:
-    what: str  # what failed, as a noun phrase
-    cause: Cause
-    todo: str
-
-
-_NEW_PR = "fix it in a new pull request into the target branch; its merge is built"
-_CHOOSE_RERUN = "choose **Re-run** on this check"
-_RERUN = f"then {_CHOOSE_RERUN}"
-KINDS: dict[FailureKind, _KindInfo] = {
-    FailureKind.VERSION: _KindInfo(
-        "the version", Cause.REPOSITORY,
-        "Give the pull request a version: a label like `version:1.4.0`, `1.4.0` in the title, "
-        f"or a label `semver:patch`; {_RERUN}.",
-    ),
-    FailureKind.VERSION_TAKEN: _KindInfo(
-        "the version (already published)", Cause.REPOSITORY,
-        "A published version never changes: give the pull request a new version (a "
-        f"`version:` label or `semver:patch`); {_RERUN}.",
-    ),
-    FailureKind.SERVICE_CONFIG: _KindInfo(
-        "the service configuration (`.github/slipway.yml`)", Cause.REPOSITORY,
-        f"Correct `.github/slipway.yml` as the message says: {_NEW_PR}.",
-    ),
-    FailureKind.REFERENCE: _KindInfo(
-        "the image name or version", Cause.REPOSITORY,
-        "Use a service name and version that Docker accepts in an image reference "
-        f"(`.github/slipway.yml`, the version label or title); {_RERUN}.",
-    ),
-    FailureKind.DOCKERFILE: _KindInfo(
-        "the Dockerfile", Cause.REPOSITORY,
-        "Check the `context` and `dockerfile` of the service (`.github/slipway.yml`, default "
-        f"`Dockerfile` at the repository root): {_NEW_PR}.",
-    ),
-    FailureKind.BUILD_STEP: _KindInfo(
-        "a build step", Cause.REPOSITORY,
-        f"The end of the build log is below. Reproduce with `docker build` and {_NEW_PR}.",
-    ),
-    FailureKind.PUSH: _KindInfo(
-        "the push to the registry", Cause.INFRASTRUCTURE,
-        "Nothing to change in the repository: check that the registry is up and accepts "
-        f"Slipway's credentials (`REGISTRY`, `REGISTRY_USERNAME`), {_RERUN}.",
-    ),
-    FailureKind.REGISTRY: _KindInfo(
-        "the registry", Cause.INFRASTRUCTURE,
-        f"Nothing to change in the repository: check that the registry answers, {_RERUN}.",
-    ),
-    FailureKind.ENGINE: _KindInfo(
-        "the Docker engine", Cause.INFRASTRUCTURE,
-        "Nothing to change in the repository: check that the Docker engine runs and that "
-        f"Slipway reaches it (`DOCKER_HOST`), {_RERUN}.",
-    ),
-    FailureKind.SOURCE: _KindInfo(
-        "downloading the source", Cause.INFRASTRUCTURE,
-        f"Slipway could not fetch or unpack the commit from GitHub; {_RERUN}.",
-    ),
-    FailureKind.GITHUB: _KindInfo(
-        "a request to GitHub", Cause.INFRASTRUCTURE,
-        f"GitHub could not be reached or refused a request; when it answers, {_CHOOSE_RERUN}.",
-    ),
-    FailureKind.INTERNAL: _KindInfo(
-        "Slipway itself", Cause.INFRASTRUCTURE,
-        f"This is a bug in Slipway, not in the repository: {_CHOOSE_RERUN}, and report it if it "
-        "happens again.",
-    ),
-}
-
-# builder.errors classes by name: github_app reads them without importing the builder's
-# internals, and builder never imports github_app.
-_BUILDER_KINDS = {
-    "InvalidReference": FailureKind.REFERENCE,
-    "UnsupportedArtifactType": FailureKind.SERVICE_CONFIG,
-    "ContextNotFound": FailureKind.DOCKERFILE,
-    "DockerfileNotFound": FailureKind.DOCKERFILE,
-    "BuildFailed": FailureKind.BUILD_STEP,
-    "PushFailed": FailureKind.PUSH,
-    "EngineUnreachable": FailureKind.ENGINE,
-    "RegistryUnreachable": FailureKind.REGISTRY,
-}
-_SLIPWAY_KINDS = {
-    errors.VersionNotFound: FailureKind.VERSION,
-    errors.InvalidVersion: FailureKind.VERSION,
-    errors.VersionTaken: FailureKind.VERSION_TAKEN,
-    errors.ServiceConfigError: FailureKind.SERVICE_CONFIG,
-    errors.SourceError: FailureKind.SOURCE,
-    errors.GitHubError: FailureKind.GITHUB,
-}
-
-
-def classify_failure(error: BaseException) -> FailureKind:
-    """What failed, from the type of `error`; anything unexpected is Slipway's own bug."""
-    for cls in type(error).__mro__:
-        if cls in _SLIPWAY_KINDS:
-            return _SLIPWAY_KINDS[cls]
-        if cls.__module__.startswith("builder") and cls.__name__ in _BUILDER_KINDS:
-            return _BUILDER_KINDS[cls.__name__]
-    return FailureKind.INTERNAL
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why a build failed: the kind, the error's sentence, and the evidence."""
-
-    kind: FailureKind
-    message: str
-    cause: Cause
-    log_tail: str = ""
-    step: str | None = None
-
-    @classmethod
-    def from_error(cls, error: BaseException, *, log_tail: str = "") -> Failure:
-        """A Failure from an exception; its `blame` (builder, Slipway errors) decides the cause."""
-        kind = classify_failure(error)
-        blame = getattr(error, "blame", None)
-        cause = Cause(blame) if blame in tuple(Cause) else KINDS[kind].cause
-        if kind is FailureKind.INTERNAL:
-            cause = Cause.INFRASTRUCTURE
-        message = str(error) or type(error).__name__
-        if kind is FailureKind.INTERNAL:
-            message = f"Unexpected {type(error).__name__}: {message}"
-        return cls(
-            kind=kind,
-            message=message,
-            cause=cause,
-            log_tail=getattr(error, "log_tail", "") or log_tail,
-            step=getattr(error, "step", None),
-        )
-
-    @property
-    def what(self) -> str:
-        """What failed, as a noun phrase: "a build step", "the push to the registry"."""
-        if self.kind is FailureKind.BUILD_STEP and self.step:
-            return f"the build step `{_one_line(self.step)}`"
-        return KINDS[self.kind].what
-
-    @property
-    def todo(self) -> str:
-        """What the user should do; generic when the error's blame overrides its kind's."""
-        info = KINDS[self.kind]
-        if self.cause is info.cause:
-            return info.todo
-        if self.cause is Cause.REPOSITORY:
-            return f"Change what the message above says: {_NEW_PR}."
-        return f"Nothing to change in the repository: {_CHOOSE_RERUN} once it is fixed."
-
-    @property
-    def status_state(self) -> str:
-        """The commit status: `failure` for a repository cause, `error` for infrastructure."""
-        return "failure" if self.cause is Cause.REPOSITORY else "error"
-
-    @property
-    def status_description(self) -> str:
-        """A commit status description (at most 140 characters)."""
-        return _shorten(f"Failed: {self.what.replace('`', '')}. {self.message}")
 
 
 # --- check runs -------------------------------------------------------------------------------
@@ -380,7 +206,7 @@ def status_body(
     return {
         "state": state,
         "target_url": target_url,
-        "description": _shorten(description),
+        "description": shorten(description),
         "context": context,
     }
 
@@ -388,6 +214,52 @@ def status_body(
 def status_context(service_name: str, total: int) -> str:
     """`slipway/docker`, or `slipway/docker: <service>` when a repository has several."""
     return STATUS_CONTEXT if total == 1 else f"{STATUS_CONTEXT}: {service_name}"
+
+
+# --- a build's final report -------------------------------------------------------------------
+
+
+def build_status_context(build: Build) -> str:
+    """`slipway/docker`, or `slipway/docker: <service>` when the check run names a service."""
+    # The check run's name already says whether the repository has several services.
+    several = ":" in build.check_run_name
+    return status_context(build.service, 2 if several else 1)
+
+
+def final_report(build: Build, *, details_url: str, log_tail: str) -> tuple[dict, dict]:
+    """The finished check run and commit status of a build, from its record alone."""
+    # An unfinished record (a crash) has no finished_at; its creation is the last known time.
+    completed_at = datetime.fromtimestamp(build.finished_at or build.created_at, UTC)
+    context = build_status_context(build)
+    # The record keeps the tag and where it came from; that is what the report shows.
+    version = None
+    if build.version:
+        version = Version(text=build.version, tag=build.version, source=VersionSource.LABEL,
+                          explanation=build.version_source or "")
+    if build.state is BuildState.SUCCEEDED:
+        check_run = check_run_succeeded(
+            reference=build.reference, version=version, commit_sha=build.merge_sha,
+            build_time=timedelta(seconds=build.duration or 0), completed_at=completed_at,
+            details_url=details_url,
+        )
+        status = status_body(
+            "success", f"Pushed {build.reference.split('@')[0].rsplit('/', 1)[-1]}",
+            details_url, context=context,
+        )
+        return check_run, status
+    failure = Failure(
+        kind=FailureKind(build.failure_kind or FailureKind.INTERNAL),
+        message=build.error or "The build did not finish.",
+        cause=Cause(build.failure_cause or Cause.INFRASTRUCTURE),
+        log_tail=log_tail,
+    )
+    check_run = check_run_failed(
+        failure=failure, completed_at=completed_at, details_url=details_url, version=version,
+        commit_sha=build.merge_sha,
+    )
+    status = status_body(failure.status_state, failure.status_description, details_url,
+                         context=context)
+    return check_run, status
 
 
 # --- text helpers ------------------------------------------------------------------------------
@@ -440,12 +312,3 @@ def format_duration(duration: timedelta) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
-
-
-def _shorten(text: str, limit: int = STATUS_DESCRIPTION_LIMIT) -> str:
-    text = _one_line(text)
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -1,67 +1,29 @@
-"""The worker: one job from start to finish, in the order of DESIGN.md's flow.
+"""The worker: threads that claim jobs from the store and run them (`jobrun`).
 
-    installation token -> services (.github/slipway.yml) -> one build per
-    service: check run `in_progress` + status `pending` -> source tarball of
-    merge_commit_sha -> version -> build_artifact -> check run `completed`
-    + status -> the build record (badge, pages).
-
-The build's result is written to the job store before it is reported, so a
-GitHub that cannot be reached loses nothing: unreported builds are reported
-again later (`report_pending`). A job interrupted by a crash is claimed again
-at start-up and finishes the check runs it had opened.
+Each claimed job holds a lease that a heartbeat thread keeps alive while it
+builds. A job interrupted by a crash goes back to the queue when its lease
+runs out, and the report retry (`reports`) completes what GitHub missed.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import builder
-from builder import registry as registry_api
 from github_app import logs, reporting
-from github_app.buildlog import BuildLog
-from github_app.errors import (
-    INFRASTRUCTURE,
-    REPOSITORY,
-    GitHubError,
-    ServiceConfigError,
-    SlipwayError,
-    VersionTaken,
-)
-from github_app.jobs import Build, BuildState, Job, JobState, JobStore
-from github_app.services import Service, parse_services
-from github_app.source import unpack_tarball
-from github_app.versions import Version, VersionSource, resolve_version
-from github_app.webhooks import BuildKind, BuildRequest
+from github_app.jobrun import JobRun
+from github_app.jobs import BuildState, Job, JobState, JobStore
+from github_app.reports import Reporter, request_from_job
 
 log = logging.getLogger(__name__)
 
-SERVICES_FILE = ".github/slipway.yml"
-REVISION_LABEL = "org.opencontainers.image.revision"
-MAX_TARBALL_BYTES = 512 * 1024**2
 HEARTBEAT_SECONDS = 30.0
-LOG_TAIL_BYTES = 60_000
 MAINTENANCE_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one service's build ended, in the terms the reports need."""
-
-    state: BuildState
-    failure: reporting.Failure | None = None
-    version: Version | None = None
-    result: builder.BuildResult | None = None
-    log_tail: str = ""
 
 
 class Worker:
@@ -86,7 +48,8 @@ class Worker:
         self.wakeup = wakeup or threading.Event()
         self.threads = threads or config.worker_threads
         self.docker_client = docker_client
-        self._build = build
+        self.build_artifact = build
+        self.reporter = Reporter(config, store, github)
         self._stop = threading.Event()
         self._name = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
@@ -107,6 +70,9 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
         self.wakeup.set()
+
+    def report_pending(self) -> None:
+        self.reporter.report_pending()
 
     def _loop(self, index: int, burst: bool) -> None:
         worker_id = f"{self._name}-{index}"
@@ -159,353 +125,12 @@ class Worker:
                 continue
             build = self.store.update_build(
                 build.id, state=BuildState.ERRORED, finished_at=time.time(),
-                error=failure.message, failure_kind=failure.cause, summary=failure.kind,
+                error=failure.message, failure_cause=failure.cause, failure_kind=failure.kind,
             )
             try:
-                self.report_final(request_from_job(job), build, None)
+                self.reporter.report_final(request_from_job(job), build, None)
             except Exception:  # reporting is best effort here; report_pending retries
                 log.exception("could not report build %s", build.id)
-
-    # -- reporting -----------------------------------------------------------
-
-    def report_pending(self) -> None:
-        """Report finished builds whose check run or status GitHub did not accept yet."""
-        for build in self.store.unreported_builds():
-            job = self.store.get_job(build.job_id)
-            if job is None:
-                continue
-            self.report_final(request_from_job(job), build, None)
-
-    def report_final(self, request: BuildRequest, build: Build, log_tail: str | None) -> bool:
-        """Complete the check run and set the status from the build's record.
-
-        Records whether GitHub took both, so `report_pending` can try again."""
-        client = self.github.installation(request.installation_id)
-        details = self.details_url(build.id)
-        if log_tail is None:
-            log_tail = BuildLog(self.config.data_dir, build.id).tail(LOG_TAIL_BYTES)
-        check_run, status = final_report(build, details_url=details, log_tail=log_tail)
-        try:
-            if build.check_run_id is None:
-                # Opening it failed earlier (GitHub down): create it finished.
-                check_run.update(name=build.check_run_name, head_sha=build.head_sha,
-                                 external_id=str(build.id))
-                created = client.create_check_run(request.owner, request.repo, check_run)
-                build = self.store.update_build(build.id, check_run_id=created["id"])
-            else:
-                client.update_check_run(request.owner, request.repo, build.check_run_id,
-                                        check_run)
-            client.create_status(request.owner, request.repo, build.merge_sha, status)
-        except GitHubError as exc:
-            log.warning("could not report build %s: %s", build.id, exc,
-                        extra={"build_id": build.id})
-            return False
-        self.store.update_build(build.id, reported=True)
-        return True
-
-    def details_url(self, build_id: int) -> str:
-        return f"{self.config.public_url}/builds/{build_id}"
-
-
-class JobRun:
-    """One job: the steps of the flow, each a method, in order."""
-
-    def __init__(self, worker: Worker, job: Job):
-        self.worker = worker
-        self.config = worker.config
-        self.store = worker.store
-        self.job = job
-        self.request = request_from_job(job)
-        self.client = worker.github.installation(self.request.installation_id)
-        self.previous: dict[str, Build] = {}
-        self.only_services: set[str] | None = None
-
-    def execute(self) -> bool:
-        """Build every service of the job; True when any of them failed."""
-        if self.request.kind != BuildKind.MERGE and not self._resolve_rerun():
-            return False
-        existing = {b.service: b for b in self.store.builds_for_job(self.job.id)}
-        try:
-            services = self._services()
-        except (ServiceConfigError, GitHubError) as exc:
-            build = existing.get("") or self._create_build("", "docker build")
-            build = self._start(build)
-            return self._finish(build, _failure(exc)) is not BuildState.SUCCEEDED
-        total = len(services)
-        builds = []
-        for service in services:
-            build = existing.get(service.name) or self._create_build(
-                service.name, service.check_run_name(total)
-            )
-            if build.finished:
-                # Done before a crash; at most its report is missing.
-                if not build.reported:
-                    self.worker.report_final(self.request, build, None)
-                continue
-            builds.append((service, self._start(build)))
-        if not builds:
-            return False
-        workdir = Path(tempfile.mkdtemp(prefix=f"job-{self.job.id}-", dir=self._work_root()))
-        try:
-            try:
-                root = self._download(workdir)
-            except SlipwayError as exc:
-                outcome = _failure(exc)
-                return any([self._finish(b, outcome) is not BuildState.SUCCEEDED
-                            for _, b in builds])
-            states = [self._finish(b, self._build_service(service, b, root))
-                      for service, b in builds]
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        return any(state is not BuildState.SUCCEEDED for state in states)
-
-    # -- steps ---------------------------------------------------------------
-
-    def _resolve_rerun(self) -> bool:
-        """Point a re-run at the merge it rebuilds; False when it is not one of ours."""
-        request = self.request
-        if request.kind == BuildKind.RERUN_CHECK_RUN:
-            build = None
-            if request.external_id and request.external_id.isdigit():
-                build = self.store.get_build(int(request.external_id))
-            if build is None and request.check_run_id:
-                build = self.store.find_build_by_check_run(request.repository,
-                                                           request.check_run_id)
-            originals = [build] if build else []
-            if build is not None:
-                self.only_services = {build.service}
-        else:
-            originals = self.store.find_builds_by_head_sha(request.repository, request.head_sha)
-        merge = self._merge_of(originals[-1].head_sha) if originals else None
-        if merge is None:
-            log.info("re-run of a check Slipway has no record of; nothing to build",
-                     extra={"job_id": self.job.id})
-            return False
-        # A re-run builds the same merge again; versions it resolved are kept,
-        # so that re-running a `semver:minor` build does not bump twice.
-        self.previous = {b.service: b for b in originals}
-        self.request = replace(merge, delivery_id=request.delivery_id)
-        return True
-
-    def _merge_of(self, head_sha: str) -> BuildRequest | None:
-        """The merge that built `head_sha` (re-runs, and re-runs of re-runs, point at it)."""
-        for build in self.store.find_builds_by_head_sha(self.request.repository, head_sha):
-            job = self.store.get_job(build.job_id)
-            if job is not None and job.kind == BuildKind.MERGE:
-                return request_from_job(job)
-        return None
-
-    def _services(self) -> list[Service]:
-        text = self.client.get_file(self.request.owner, self.request.repo, SERVICES_FILE,
-                                    self.request.merge_commit_sha)
-        services = parse_services(
-            text.decode("utf-8", "replace") if text is not None else None,
-            repository_name=self.request.repo,
-        )
-        if self.only_services is not None:
-            services = [s for s in services if s.name in self.only_services] or services
-        return services
-
-    def _create_build(self, service: str, check_run_name: str) -> Build:
-        build_id = self.store.create_build(
-            self.job.id,
-            repository=self.request.repository,
-            service=service,
-            pr_number=self.request.pr_number,
-            head_sha=self.request.head_sha,
-            merge_sha=self.request.merge_commit_sha,
-            check_run_name=check_run_name,
-        )
-        return self.store.get_build(build_id)
-
-    def _start(self, build: Build) -> Build:
-        """Mark the build running; open its check run and pending status on GitHub."""
-        build = self.store.update_build(build.id, state=BuildState.RUNNING,
-                                        started_at=time.time())
-        details = self.worker.details_url(build.id)
-        started = reporting.check_run_started(
-            name=build.check_run_name, head_sha=build.head_sha, details_url=details,
-            external_id=str(build.id), started_at=_iso(build.started_at),
-        )
-        try:
-            if build.check_run_id is None:
-                created = self.client.create_check_run(self.request.owner, self.request.repo,
-                                                       started)
-                build = self.store.update_build(build.id, check_run_id=created["id"])
-            else:
-                # Claimed again after a crash or re-run: the same check run goes on.
-                self.client.update_check_run(
-                    self.request.owner, self.request.repo, build.check_run_id,
-                    {k: v for k, v in started.items() if k != "head_sha"},
-                )
-            self.client.create_status(
-                self.request.owner, self.request.repo, build.merge_sha,
-                reporting.status_body(
-                    "pending", f"Building {build.service or 'image'}...", details,
-                    context=status_context(build),
-                ),
-            )
-        except GitHubError as exc:
-            # The build goes on; the final report retries until GitHub takes it.
-            log.warning("could not open the check run of build %s: %s", build.id, exc,
-                        extra={"build_id": build.id})
-        return build
-
-    def _download(self, workdir: Path) -> Path:
-        archive = self.client.download_tarball(
-            self.request.owner, self.request.repo, self.request.merge_commit_sha,
-            workdir / "source.tar.gz", max_bytes=MAX_TARBALL_BYTES,
-        )
-        return unpack_tarball(archive, workdir / "src")
-
-    def _build_service(self, service: Service, build: Build, root: Path) -> Outcome:
-        config = self.config
-        buildlog = BuildLog(config.data_dir, build.id,
-                            secrets=(config.registry_password, config.webhook_secret))
-        version = None
-        try:
-            version = self._version(service)
-            self.store.update_build(build.id, version=version.tag,
-                                    version_source=version.explanation)
-            self._check_version_is_free(service, version)
-            buildlog.append(f"Slipway: building {service.name}:{version.tag} "
-                            f"({version.explanation}) from {build.merge_sha}")
-            result = self.worker._build(
-                service.name,
-                version.tag,
-                service.type,
-                context=str(root / service.context),
-                dockerfile=service.dockerfile,
-                registry=config.registry,
-                network=config.build_network,
-                on_log=buildlog.append,
-                revision=build.merge_sha,
-                source=self.request.html_url,
-                username=config.registry_username,
-                password=config.registry_password,
-                docker_client=self.worker.docker_client,
-            )
-        except (builder.BuilderError, SlipwayError) as exc:
-            buildlog.append(f"Slipway: {exc}")
-            return _failure(exc, version=version, log_tail=buildlog.tail(LOG_TAIL_BYTES))
-        buildlog.append(f"Slipway: pushed {result.reference}")
-        return Outcome(BuildState.SUCCEEDED, version=version, result=result,
-                       log_tail=result.log_tail)
-
-    def _version(self, service: Service) -> Version:
-        previous = self.previous.get(service.name)
-        if previous is not None and previous.version:
-            return Version(text=previous.version, tag=previous.version,
-                           source=VersionSource.LABEL, explanation=(
-                               f"kept from the build being re-run "
-                               f"({previous.version_source or 'earlier build'})"))
-        # Only the semver:* bump needs them, but the rules decide which applies.
-        tags = registry_api.list_tags(
-            self.config.registry, service.name,
-            username=self.config.registry_username, password=self.config.registry_password,
-        )
-        return resolve_version(self.request.labels, self.request.pr_title or "", tags)
-
-    def _check_version_is_free(self, service: Service, version: Version) -> None:
-        """Versions are immutable: refuse a tag the registry holds from another commit."""
-        labels = registry_api.image_labels(
-            self.config.registry, service.name, version.tag,
-            username=self.config.registry_username, password=self.config.registry_password,
-        )
-        if labels is None:
-            return
-        commit = labels.get(REVISION_LABEL)
-        if commit != self.request.merge_commit_sha:
-            raise VersionTaken(service=service.name, tag=version.tag, commit=commit)
-
-    def _finish(self, build: Build, outcome: Outcome) -> BuildState:
-        """Record the outcome, then report it; the record comes first."""
-        result = outcome.result
-        fields = {
-            "state": outcome.state,
-            "finished_at": time.time(),
-            "duration": time.time() - (build.started_at or build.created_at),
-        }
-        if outcome.version is not None:
-            fields.update(version=outcome.version.tag,
-                          version_source=outcome.version.explanation)
-        if result is not None:
-            fields.update(reference=result.reference, digest=result.digest,
-                          image_id=result.image_id, size=result.size, duration=result.duration)
-        if outcome.failure is not None:
-            fields.update(error=outcome.failure.message, failure_kind=outcome.failure.cause,
-                          summary=outcome.failure.kind)
-        build = self.store.update_build(build.id, **fields)
-        if self.worker.metrics is not None:
-            self.worker.metrics.build_finished(str(outcome.state), build.duration or 0.0)
-        log.info("build %s %s", build.id, outcome.state,
-                 extra={"job_id": self.job.id, "build_id": build.id})
-        self.worker.report_final(self.request, build, outcome.log_tail)
-        return outcome.state
-
-    def _work_root(self) -> Path:
-        root = Path(self.config.data_dir) / "work"
-        root.mkdir(parents=True, exist_ok=True)
-        return root
-
-
-def status_context(build: Build) -> str:
-    """`slipway/docker`, or `slipway/docker: <service>` when the check run names a service."""
-    # The check run's name already says whether the repository has several services.
-    several = ":" in build.check_run_name
-    return reporting.status_context(build.service, 2 if several else 1)
-
-
-def request_from_job(job: Job) -> BuildRequest:
-    data = dict(job.request)
-    data["kind"] = BuildKind(data["kind"])
-    data["labels"] = tuple(data.get("labels") or ())
-    return BuildRequest(**data)
-
-
-def _failure(exc: Exception, *, version: Version | None = None, log_tail: str = "") -> Outcome:
-    failure = reporting.Failure.from_error(exc, log_tail=log_tail)
-    state = BuildState.FAILED if failure.cause == REPOSITORY else BuildState.ERRORED
-    return Outcome(state, failure=failure, version=version, log_tail=failure.log_tail)
-
-
-def final_report(build: Build, *, details_url: str, log_tail: str) -> tuple[dict, dict]:
-    """The finished check run and commit status of a build, from its record alone."""
-    completed_at = _iso(build.finished_at)
-    context = status_context(build)
-    # The record keeps the tag and where it came from; that is what the report shows.
-    version = None
-    if build.version:
-        version = Version(text=build.version, tag=build.version, source=VersionSource.LABEL,
-                          explanation=build.version_source or "")
-    if build.state is BuildState.SUCCEEDED:
-        check_run = reporting.check_run_succeeded(
-            reference=build.reference, version=version, commit_sha=build.merge_sha,
-            build_time=timedelta(seconds=build.duration or 0), completed_at=completed_at,
-            details_url=details_url,
-        )
-        status = reporting.status_body(
-            "success", f"Pushed {build.reference.split('@')[0].rsplit('/', 1)[-1]}",
-            details_url, context=context,
-        )
-        return check_run, status
-    failure = reporting.Failure(
-        kind=reporting.FailureKind(build.summary or reporting.FailureKind.INTERNAL),
-        message=build.error or "The build did not finish.",
-        cause=reporting.Cause(build.failure_kind or INFRASTRUCTURE),
-        log_tail=log_tail,
-    )
-    check_run = reporting.check_run_failed(
-        failure=failure, completed_at=completed_at, details_url=details_url, version=version,
-        commit_sha=build.merge_sha,
-    )
-    status = reporting.status_body(failure.status_state, failure.status_description,
-                                   details_url, context=context)
-    return check_run, status
-
-
-def _iso(timestamp: float | None) -> datetime:
-    return datetime.fromtimestamp(timestamp or time.time(), UTC)
 
 
 class _Heartbeat:

@@ -10,6 +10,7 @@ from builder import (
     BuildFailed,
     ContextNotFound,
     DockerfileNotFound,
+    EngineSettings,
     EngineUnreachable,
     InvalidReference,
     PushFailed,
@@ -21,9 +22,9 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
-def engine_nowhere(monkeypatch):
-    """DOCKER_HOST points at a loopback port nobody listens on."""
-    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{closed_port()}")
+def engine_nowhere():
+    """Engine settings naming a loopback port nobody listens on."""
+    return EngineSettings(host=f"tcp://127.0.0.1:{closed_port()}")
 
 
 @pytest.fixture
@@ -35,7 +36,8 @@ def context(tmp_path):
 def test_bad_service_name_is_refused_before_docker(name, context, engine_nowhere):
     """A bad image name is refused, quoting it and the rule, before any engine is asked."""
     with pytest.raises(InvalidReference) as caught:
-        build_artifact(name, "1.0.0", context=str(context))
+        build_artifact(name, "1.0.0", context=str(context),
+                       engine_settings=engine_nowhere)
     assert repr(name) in str(caught.value)
     assert "lowercase" in str(caught.value)
     assert caught.value.blame == "repository"
@@ -45,7 +47,8 @@ def test_bad_service_name_is_refused_before_docker(name, context, engine_nowhere
 def test_bad_version_is_refused_before_docker(version, context, engine_nowhere):
     """A version that is not a Docker tag is refused, quoting it and the rule."""
     with pytest.raises(InvalidReference) as caught:
-        build_artifact("orders", version, context=str(context))
+        build_artifact("orders", version, context=str(context),
+                       engine_settings=engine_nowhere)
     assert repr(version) in str(caught.value)
     assert "Docker tag" in str(caught.value)
 
@@ -53,25 +56,29 @@ def test_bad_version_is_refused_before_docker(version, context, engine_nowhere):
 def test_semver_build_metadata_error_suggests_the_dash_form(context, engine_nowhere):
     """'1.2.3+build.5' is refused with the published spelling '1.2.3-build.5'."""
     with pytest.raises(InvalidReference, match=r"'1\.2\.3-build\.5'"):
-        build_artifact("orders", "1.2.3+build.5", context=str(context))
+        build_artifact("orders", "1.2.3+build.5", context=str(context),
+                       engine_settings=engine_nowhere)
 
 
 def test_ami_is_not_supported_yet(context, engine_nowhere):
     """type 'ami' says it is not supported yet."""
     with pytest.raises(UnsupportedArtifactType, match="AMI artifacts are not supported yet"):
-        build_artifact("orders", "1.0.0", "ami", context=str(context))
+        build_artifact("orders", "1.0.0", "ami", context=str(context),
+                       engine_settings=engine_nowhere)
 
 
 def test_unknown_type_lists_supported_types(context, engine_nowhere):
     """An unknown type names the supported ones."""
     with pytest.raises(UnsupportedArtifactType, match="supported types: docker"):
-        build_artifact("orders", "1.0.0", "zip", context=str(context))
+        build_artifact("orders", "1.0.0", "zip", context=str(context),
+                       engine_settings=engine_nowhere)
 
 
 def test_missing_context(tmp_path, engine_nowhere):
     """A context directory that does not exist is named in the error."""
     with pytest.raises(ContextNotFound, match="does not exist") as caught:
-        build_artifact("orders", "1.0.0", context=str(tmp_path / "nope"))
+        build_artifact("orders", "1.0.0", context=str(tmp_path / "nope"),
+                       engine_settings=engine_nowhere)
     assert "nope" in str(caught.value) and caught.value.blame == "repository"
 
 
@@ -79,7 +86,8 @@ def test_missing_dockerfile(tmp_path, engine_nowhere):
     """No Dockerfile where it was said to be: the error gives the path it looked at."""
     context = make_context(tmp_path / "ctx", None, {"app.py": ""})
     with pytest.raises(DockerfileNotFound) as caught:
-        build_artifact("orders", "1.0.0", context=str(context), dockerfile="build/Dockerfile")
+        build_artifact("orders", "1.0.0", context=str(context), dockerfile="build/Dockerfile",
+                       engine_settings=engine_nowhere)
     assert str(context / "build" / "Dockerfile") in str(caught.value)
     assert caught.value.blame == "repository"
 
@@ -134,7 +142,7 @@ def test_push_to_a_registry_that_is_down(published, unique_name, tmp_path):
 def test_engine_unreachable_says_how_to_reach_it(context, engine_nowhere):
     """With no engine at DOCKER_HOST, the error names it and says what to do."""
     with pytest.raises(EngineUnreachable, match="DOCKER_HOST") as caught:
-        build_artifact("orders", "1.0.0", context=str(context))
+        build_artifact("orders", "1.0.0", context=str(context), engine_settings=engine_nowhere)
     assert "tcp://127.0.0.1:" in str(caught.value)
     assert caught.value.blame == "infrastructure"
     assert isinstance(caught.value, BuilderError)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from github_app.buildlog import REDACTED, BuildLog, log_path, redact
+from github_app.buildlog import REDACTED, BuildLogFile, log_path, redact
 
 PEM = (
     "-----BEGIN RSA PRIVATE KEY-----\n"
@@ -18,7 +18,7 @@ PEM = (
 
 def test_lines_are_written_to_the_build_s_file(data_dir):
     """append() writes under DATA_DIR/logs/<id>.log, one line per call, newline added."""
-    with BuildLog(data_dir, 42) as log:
+    with BuildLogFile(data_dir, 42) as log:
         assert log.append("Step 1/5 : FROM python:3.11-slim")
         assert log.append("Step 2/5 : COPY . /app\n")
 
@@ -28,8 +28,8 @@ def test_lines_are_written_to_the_build_s_file(data_dir):
 
 def test_a_reader_sees_each_line_as_soon_as_it_is_appended(data_dir):
     """A page following the log live gets every line once, in order, by offset."""
-    log = BuildLog(data_dir, 1)
-    reader = BuildLog(data_dir, 1)  # the web process opens its own
+    log = BuildLogFile(data_dir, 1)
+    reader = BuildLogFile(data_dir, 1)  # the web process opens its own
     assert reader.read() == ("", 0)
 
     log.append("one")
@@ -47,7 +47,7 @@ def test_a_reader_sees_each_line_as_soon_as_it_is_appended(data_dir):
 def test_read_with_a_limit_never_splits_a_line_or_a_character(data_dir):
     """Limited reads stop at a line end; a line longer than the limit comes in pieces of whole
     UTF-8 characters."""
-    with BuildLog(data_dir, 1) as log:
+    with BuildLogFile(data_dir, 1) as log:
         log.append("short")
         log.append("é" * 10)  # 20 bytes
         log.append("end")
@@ -62,17 +62,17 @@ def test_read_with_a_limit_never_splits_a_line_or_a_character(data_dir):
 
 
 def test_tail_returns_whole_lines_from_the_end(data_dir):
-    with BuildLog(data_dir, 1) as log:
+    with BuildLogFile(data_dir, 1) as log:
         for n in range(100):
             log.append(f"line {n:03}")
 
     assert log.tail(20) == "line 098\nline 099\n"
     assert log.tail(10_000).startswith("line 000\n")
-    assert BuildLog(data_dir, 2).tail(100) == ""
+    assert BuildLogFile(data_dir, 2).tail(100) == ""
 
 
 def test_tail_of_one_long_line_starts_at_a_character(data_dir):
-    with BuildLog(data_dir, 1) as log:
+    with BuildLogFile(data_dir, 1) as log:
         log.append("ü" * 100)
     tail = log.tail(11)
     assert tail == "ü" * 5 + "\n"
@@ -81,7 +81,7 @@ def test_tail_of_one_long_line_starts_at_a_character(data_dir):
 def test_a_log_stops_at_its_cap_with_one_marker(data_dir):
     """Past the cap the log ends with one truncation line and drops what follows, even after
     the worker reopens it."""
-    with BuildLog(data_dir, 1, max_bytes=1000) as log:
+    with BuildLogFile(data_dir, 1, max_bytes=1000) as log:
         written = [log.append(f"{n:09}") for n in range(200)]  # 10 bytes a line
         assert log.truncated
 
@@ -92,21 +92,21 @@ def test_a_log_stops_at_its_cap_with_one_marker(data_dir):
     assert lines[:-1] == [f"{n:09}" for n in range(len(lines) - 1)]
     assert written.count(True) == len(lines) - 1
 
-    with BuildLog(data_dir, 1, max_bytes=1000) as reopened:
+    with BuildLogFile(data_dir, 1, max_bytes=1000) as reopened:
         assert reopened.truncated
         assert not reopened.append("after a restart")
     assert log.path.read_text().splitlines() == lines
 
 
 def test_the_default_cap_is_50_mib(data_dir):
-    assert BuildLog(data_dir, 1).max_bytes == 50 * 1024 * 1024
+    assert BuildLogFile(data_dir, 1).max_bytes == 50 * 1024 * 1024
 
 
 def test_secrets_never_reach_the_file(data_dir):
     """The registry password, in plain and URL-encoded form, and the lines of a PEM key are
     redacted before they are written."""
     secrets = ["p@ss:word!", PEM, None, ""]
-    with BuildLog(data_dir, 1, secrets=secrets) as log:
+    with BuildLogFile(data_dir, 1, secrets=secrets) as log:
         log.append("login with p@ss:word! ok")
         log.append("pushing to https://bot:p%40ss%3Aword%21@registry.example")
         for line in PEM.splitlines():
@@ -130,7 +130,7 @@ def test_redact_replaces_every_secret_longest_first():
 
 def test_appends_from_threads_keep_lines_whole(data_dir):
     """Build output and worker messages from two threads never interleave inside a line."""
-    log = BuildLog(data_dir, 1)
+    log = BuildLogFile(data_dir, 1)
 
     def write(tag):
         for n in range(500):
@@ -150,4 +150,4 @@ def test_appends_from_threads_keep_lines_whole(data_dir):
 
 def test_a_build_id_cannot_name_a_path_outside_the_logs(data_dir):
     with pytest.raises(ValueError):
-        BuildLog(data_dir, "../../etc/passwd")
+        BuildLogFile(data_dir, "../../etc/passwd")

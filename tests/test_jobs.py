@@ -154,6 +154,29 @@ def test_a_newer_schema_is_refused(data_dir):
         JobStore(path)
 
 
+def test_a_version_2_store_keeps_its_failures_under_the_new_column_names(data_dir):
+    """Upgrading renames summary -> failure_kind and failure_kind -> failure_cause, data kept."""
+    from github_app.store import MIGRATIONS
+
+    path = data_dir / "slipway.sqlite3"
+    with sqlite3.connect(path) as raw:
+        for version in (0, 1):
+            raw.executescript(MIGRATIONS[version])
+        raw.execute("PRAGMA user_version = 2")
+        raw.execute("INSERT INTO jobs (delivery_id, repository, kind, request, state, created_at)"
+                    " VALUES ('d-1', 'o/r', 'merge', '{}', 'failed', 1.0)")
+        raw.execute("INSERT INTO builds (job_id, repository, service, head_sha, merge_sha,"
+                    " check_run_name, state, summary, failure_kind, error, created_at)"
+                    " VALUES (1, 'o/r', 'app', 'h', 'm', 'docker build', 'failed',"
+                    " 'build_step', 'repository', 'RUN false failed', 1.0)")
+    raw.close()
+    with JobStore(path) as upgraded:
+        build = upgraded.get_build(1)
+        assert upgraded.schema_version() == SCHEMA_VERSION
+    assert (build.failure_kind, build.failure_cause) == ("build_step", "repository")
+    assert build.error == "RUN false failed"
+
+
 # -- claim ---------------------------------------------------------------------
 
 
@@ -355,7 +378,7 @@ def test_a_job_interrupted_too_often_fails_and_errors_its_builds(store):
     assert store.get_build(done.id).state is BuildState.SUCCEEDED
     errored = store.get_build(running.id)
     assert errored.state is BuildState.ERRORED
-    assert errored.failure_kind == "infrastructure"
+    assert errored.failure_cause == "infrastructure"
     assert "interrupted" in errored.error
     assert errored.finished_at is not None
     assert [b.id for b in store.unreported_builds()] == [running.id]
@@ -400,7 +423,7 @@ def test_builds_are_created_updated_and_read_back(store, clock):
         image_id="sha256:" + "b" * 64,
         size=12345,
         duration=3.5,
-        summary="pushed",
+        failure_kind="push",
         started_at=clock.now,
         finished_at=clock.now + 3.5,
         reported=True,
@@ -409,7 +432,7 @@ def test_builds_are_created_updated_and_read_back(store, clock):
     assert updated.state is BuildState.SUCCEEDED and updated.finished
     assert (updated.check_run_id, updated.version, updated.size) == (123, "1.4.0", 12345)
     assert updated.reported is True
-    assert store.update_build(build.id, summary=None).summary is None
+    assert store.update_build(build.id, failure_kind=None).failure_kind is None
     assert store.builds_for_job(job_id) == [store.get_build(build.id)]
     assert store.get_build(9999) is None
 
@@ -421,9 +444,9 @@ def test_update_build_refuses_bad_fields(store):
     with pytest.raises(ValueError):
         store.update_build(build.id, state="exploded")
     with pytest.raises(ValueError):
-        store.update_build(build.id, failure_kind="cosmic rays")
+        store.update_build(build.id, failure_cause="cosmic rays")
     with pytest.raises(UnknownBuild):
-        store.update_build(9999, summary="x")
+        store.update_build(9999, error="x")
 
 
 def test_builds_are_found_by_check_run_and_head_sha(store):
@@ -479,7 +502,7 @@ def test_latest_finished_build_is_what_the_badge_shows(store):
 def test_unreported_builds_are_the_finished_ones_github_did_not_accept(store):
     job_id = enqueue(store, "d-1").job_id
     reported = new_build(store, job_id, state="succeeded", reported=True)
-    lost = new_build(store, job_id, state="errored", failure_kind="infrastructure")
+    lost = new_build(store, job_id, state="errored", failure_cause="infrastructure")
     new_build(store, job_id, state="running")
 
     assert [b.id for b in store.unreported_builds()] == [lost.id]

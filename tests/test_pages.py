@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 
 from github_app import pages
-from github_app.buildlog import BuildLog
+from github_app.buildlog import BuildLogFile
 from github_app.config import Config
 from github_app.jobs import BuildState, JobStore
 from github_app.runtime import Runtime
@@ -87,7 +87,7 @@ class Site:
             fields.setdefault("duration", 83.0)
         self.store.update_build(build_id, state=state, **fields)
         if log:
-            with BuildLog(self.config.data_dir, build_id) as build_log:
+            with BuildLogFile(self.config.data_dir, build_id) as build_log:
                 build_log.append(log)
         return build_id
 
@@ -219,7 +219,7 @@ def test_failed_build_says_what_failed_and_whose_fault(site):
     build_id = site.build(
         state=BuildState.FAILED,
         error="No version found. Add a label like `version:1.4.0`.",
-        failure_kind="repository",
+        failure_cause="repository",
         log="resolving version\n",
     )
     text = text_of(site.client.get(f"/builds/{build_id}"))
@@ -283,7 +283,7 @@ def test_log_is_plain_text_and_reads_on_from_an_offset(site):
     assert whole.headers["X-Build-State"] == "running"
     assert whole.headers["X-Content-Type-Options"] == "nosniff"
 
-    with BuildLog(site.config.data_dir, build_id) as log:
+    with BuildLogFile(site.config.data_dir, build_id) as log:
         log.append("line two <b>é</b>")
     rest = site.client.get(f"{log_url}?offset=9")
     assert rest.get_data(as_text=True) == "line two <b>é</b>\n"

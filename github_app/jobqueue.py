@@ -1,0 +1,270 @@
+"""The queue of jobs: enqueue, dedupe, claim, leases, heartbeat, requeue.
+
+A webhook delivery that should build becomes a *job* (the request). The web
+process enqueues, workers claim; both may run as threads of one process or as
+separate processes on the same store.
+
+Rules this module keeps:
+
+- one job per ``X-GitHub-Delivery`` id: a UNIQUE column decides, never a
+  check-then-insert;
+- jobs of one repository run one at a time, so two merges close together never
+  resolve the same ``semver:*`` bump to the same version;
+- a claimed job holds a lease; a job whose worker died goes back to the queue
+  (``requeue_interrupted``) until it has been tried ``max_attempts`` times.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from .records import BuildState
+from .store import StoreUnavailable
+from .webhooks import BuildKind
+
+DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+# One vocabulary for what a delivery asks: merge, rerun_check_run, rerun_check_suite.
+JobKind = BuildKind
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    job_id: int
+    created: bool  # False: this delivery id was seen before and job_id is its job
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    delivery_id: str
+    repository: str
+    kind: JobKind
+    request: dict[str, Any]
+    state: JobState
+    attempts: int
+    worker_id: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    lease_until: float | None
+    error: str | None
+
+
+class JobQueue:
+    """The queue's operations; mixed into `JobStore`, which gives the connection.
+
+    Needs ``_connection()``, ``_write()``, ``clock``, ``path``, ``lease_seconds``
+    and ``max_attempts`` from the class it is mixed into.
+    """
+
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+    def enqueue(
+        self, delivery_id: str, *, repository: str, kind: str, request: dict[str, Any]
+    ) -> EnqueueResult:
+        """Queue a job for this delivery, or return the job it already has.
+
+        One INSERT decides under the UNIQUE delivery_id: a redelivery racing
+        the first delivery cannot create a second job.
+        """
+        row = (
+            delivery_id,
+            repository,
+            JobKind(kind).value,
+            orjson.dumps(request).decode(),
+            JobState.QUEUED.value,
+            self.clock(),
+        )
+        try:
+            connection = self._connection()
+            cursor = connection.execute(
+                "INSERT INTO jobs (delivery_id, repository, kind, request, state, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
+                row,
+            )
+            if cursor.rowcount == 1:
+                return EnqueueResult(job_id=cursor.lastrowid, created=True)
+            existing = connection.execute(
+                "SELECT id FROM jobs WHERE delivery_id = ?", (delivery_id,)
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            # The handler answers 503 and GitHub shows the delivery as failed,
+            # so it can be redelivered once the disk is back.
+            raise StoreUnavailable(f"Cannot queue the job in {self.path}: {exc}") from exc
+        return EnqueueResult(job_id=existing["id"], created=False)
+
+    def get_job(self, job_id: int) -> Job | None:
+        row = self._connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def get_job_by_delivery(self, delivery_id: str) -> Job | None:
+        row = (
+            self._connection()
+            .execute("SELECT * FROM jobs WHERE delivery_id = ?", (delivery_id,))
+            .fetchone()
+        )
+        return _job(row) if row else None
+
+    def claim(self, worker_id: str) -> Job | None:
+        """Take the oldest queued job whose repository has no running job."""
+        now = self.clock()
+        with self._write() as connection:
+            row = connection.execute(
+                "SELECT id FROM jobs AS queued WHERE state = ? AND NOT EXISTS ("
+                "  SELECT 1 FROM jobs AS running"
+                "  WHERE running.repository = queued.repository AND running.state = ?)"
+                " ORDER BY id LIMIT 1",
+                (JobState.QUEUED.value, JobState.RUNNING.value),
+            ).fetchone()
+            if row is None:
+                return None
+            connection.execute(
+                "UPDATE jobs SET state = ?, worker_id = ?, started_at = ?, lease_until = ?,"
+                " attempts = attempts + 1, finished_at = NULL, error = NULL WHERE id = ?",
+                (JobState.RUNNING.value, worker_id, now, now + self.lease_seconds, row["id"]),
+            )
+            claimed = connection.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        return _job(claimed)
+
+    def heartbeat(self, job_id: int, *, worker_id: str | None = None) -> bool:
+        """Extend a running job's lease; False when the job is no longer this worker's."""
+        query = "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = ?"
+        params: list[Any] = [self.clock() + self.lease_seconds, job_id, JobState.RUNNING.value]
+        if worker_id is not None:
+            query += " AND worker_id = ?"
+            params.append(worker_id)
+        return self._connection().execute(query, params).rowcount == 1
+
+    def finish(
+        self,
+        job_id: int,
+        state: JobState | str,
+        error: str | None = None,
+        *,
+        worker_id: str | None = None,
+    ) -> bool:
+        """Mark a job finished (SUCCEEDED or FAILED) or back in the queue (QUEUED).
+
+        With ``worker_id``, only while that worker still holds the job: a
+        worker whose lease ran out must not overwrite the next one's result.
+        Returns whether the job was updated.
+        """
+        state = JobState(state)
+        if state is JobState.RUNNING:
+            raise ValueError("finish() ends a job; claim() is what starts one")
+        finished_at = None if state is JobState.QUEUED else self.clock()
+        query = (
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, lease_until = NULL,"
+            " worker_id = CASE WHEN ? THEN NULL ELSE worker_id END WHERE id = ?"
+        )
+        params: list[Any] = [state.value, error, finished_at, state is JobState.QUEUED, job_id]
+        if worker_id is not None:
+            query += " AND worker_id = ? AND state = ?"
+            params += [worker_id, JobState.RUNNING.value]
+        return self._connection().execute(query, params).rowcount == 1
+
+    def requeue_interrupted(self, *, now: float | None = None, force: bool = False) -> list[int]:
+        """Put running jobs whose worker died back in the queue; return their ids.
+
+        A job is taken when its lease has run out, or, with ``force``, in any
+        case: ``serve`` passes force at start-up because, being the only
+        process, every running job it finds was left by its previous life.
+        A job already tried ``max_attempts`` times fails instead, and its
+        unfinished builds end ERRORED and unreported, so the report retry
+        completes their check runs.
+        """
+        now = self.clock() if now is None else now
+        with self._write() as connection:
+            query = "SELECT id, attempts FROM jobs WHERE state = ?"
+            params: list[Any] = [JobState.RUNNING.value]
+            if not force:
+                query += " AND (lease_until IS NULL OR lease_until < ?)"
+                params.append(now)
+            requeued = []
+            for row in connection.execute(query + " ORDER BY id", params).fetchall():
+                if row["attempts"] < self.max_attempts:
+                    connection.execute(
+                        "UPDATE jobs SET state = ?, worker_id = NULL, lease_until = NULL"
+                        " WHERE id = ?",
+                        (JobState.QUEUED.value, row["id"]),
+                    )
+                    requeued.append(row["id"])
+                else:
+                    self._give_up(connection, row["id"], row["attempts"], now)
+        return requeued
+
+    def _give_up(self, connection: sqlite3.Connection, job_id: int, attempts: int, now: float):
+        error = (
+            f"The job was interrupted {attempts} times (the worker stopped before it finished)"
+            " and will not be tried again; use Re-run on the check run to build again"
+        )
+        connection.execute(
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, lease_until = NULL"
+            " WHERE id = ?",
+            (JobState.FAILED.value, error, now, job_id),
+        )
+        connection.execute(
+            "UPDATE builds SET state = ?, error = ?, failure_cause = 'infrastructure',"
+            " finished_at = ?, reported = 0"
+            " WHERE job_id = ? AND state IN (?, ?)",
+            (
+                BuildState.ERRORED.value,
+                error,
+                now,
+                job_id,
+                BuildState.QUEUED.value,
+                BuildState.RUNNING.value,
+            ),
+        )
+
+    def queue_depth(self) -> int:
+        """How many jobs wait to be claimed."""
+        return (
+            self._connection()
+            .execute("SELECT count(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,))
+            .fetchone()[0]
+        )
+
+    def job_counts(self) -> dict[JobState, int]:
+        """Jobs per state, every state present (for /metrics)."""
+        counts = dict.fromkeys(JobState, 0)
+        for row in self._connection().execute(
+            "SELECT state, count(*) AS n FROM jobs GROUP BY state"
+        ):
+            counts[JobState(row["state"])] = row["n"]
+        return counts
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        delivery_id=row["delivery_id"],
+        repository=row["repository"],
+        kind=JobKind(row["kind"]),
+        request=json.loads(row["request"]),
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        worker_id=row["worker_id"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        lease_until=row["lease_until"],
+        error=row["error"],
+    )

@@ -1,0 +1,218 @@
+"""Build records: one per service of a job, with its check run, version and image.
+
+A job (see `jobqueue`) produces one *build* per service. The record is written
+before anything is reported, so the pages, the badge and the report retry read
+the truth from here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from .store import StoreError
+
+
+class BuildState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the repository's fault: version, Dockerfile, build step
+    ERRORED = "errored"  # the infrastructure's fault: engine, registry, GitHub
+
+
+FINISHED_BUILD_STATES = (BuildState.SUCCEEDED, BuildState.FAILED, BuildState.ERRORED)
+
+
+class UnknownBuild(StoreError, LookupError):
+    """No build has this id."""
+
+
+@dataclass(frozen=True)
+class Build:
+    id: int
+    job_id: int
+    repository: str
+    service: str
+    pr_number: int | None
+    head_sha: str
+    merge_sha: str
+    check_run_name: str
+    state: BuildState
+    created_at: float
+    check_run_id: int | None = None
+    version: str | None = None
+    version_source: str | None = None
+    reference: str | None = None
+    digest: str | None = None
+    image_id: str | None = None
+    size: int | None = None
+    duration: float | None = None
+    failure_kind: str | None = None  # what failed: a reporting.FailureKind value
+    error: str | None = None
+    failure_cause: str | None = None  # whose move: "repository" | "infrastructure"
+    started_at: float | None = None
+    finished_at: float | None = None
+    reported: bool = False  # GitHub accepted the final check run and status
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_BUILD_STATES
+
+
+# Fields update_build may set, with the conversion from Python to a column value.
+_BUILD_UPDATABLE: dict[str, Callable[[Any], Any]] = {
+    "state": lambda v: BuildState(v).value,
+    "check_run_id": int,
+    "version": str,
+    "version_source": str,
+    "reference": str,
+    "digest": str,
+    "image_id": str,
+    "size": int,
+    "duration": float,
+    "failure_kind": str,
+    "error": str,
+    "failure_cause": str,
+    "started_at": float,
+    "finished_at": float,
+    "reported": lambda v: int(bool(v)),
+}
+FAILURE_CAUSES = ("repository", "infrastructure")
+
+
+class BuildRecords:
+    """Create, update and query builds; mixed into `JobStore`, which gives the connection."""
+
+    def create_build(
+        self,
+        job_id: int,
+        *,
+        repository: str,
+        service: str,
+        pr_number: int | None,
+        head_sha: str,
+        merge_sha: str,
+        check_run_name: str,
+    ) -> int:
+        """Record a QUEUED build of one service for a job; return its id."""
+        cursor = self._connection().execute(
+            "INSERT INTO builds (job_id, repository, service, pr_number, head_sha, merge_sha,"
+            " check_run_name, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                repository,
+                service,
+                pr_number,
+                head_sha,
+                merge_sha,
+                check_run_name,
+                BuildState.QUEUED.value,
+                self.clock(),
+            ),
+        )
+        return cursor.lastrowid
+
+    def update_build(self, build_id: int, **fields: Any) -> Build:
+        """Set some of a build's fields; return the build as stored.
+
+        Fields: state, check_run_id, version, version_source, reference,
+        digest, image_id, size, duration, failure_kind, error, failure_cause,
+        started_at, finished_at, reported. ``None`` clears a field.
+        """
+        unknown = sorted(set(fields) - set(_BUILD_UPDATABLE))
+        if unknown:
+            raise TypeError(f"update_build() got fields it cannot set: {', '.join(unknown)}")
+        if fields.get("failure_cause") not in (None, *FAILURE_CAUSES):
+            raise ValueError(f"failure_cause must be one of {FAILURE_CAUSES}")
+        if "state" in fields and fields["state"] is None:
+            raise ValueError("a build always has a state")
+        if "reported" in fields and fields["reported"] is None:
+            raise ValueError("reported is True or False")
+        with self._write() as connection:
+            if fields:
+                assignments = ", ".join(f"{name} = ?" for name in fields)
+                values = [
+                    None if value is None else _BUILD_UPDATABLE[name](value)
+                    for name, value in fields.items()
+                ]
+                connection.execute(
+                    f"UPDATE builds SET {assignments} WHERE id = ?", (*values, build_id)
+                )
+            row = connection.execute("SELECT * FROM builds WHERE id = ?", (build_id,)).fetchone()
+            if row is None:
+                raise UnknownBuild(f"There is no build {build_id}")
+        return _build(row)
+
+    def get_build(self, build_id: int) -> Build | None:
+        return self._one_build("SELECT * FROM builds WHERE id = ?", (build_id,))
+
+    def builds_for_job(self, job_id: int) -> list[Build]:
+        return self._builds("SELECT * FROM builds WHERE job_id = ? ORDER BY id", (job_id,))
+
+    def find_build_by_check_run(self, repository: str, check_run_id: int) -> Build | None:
+        """The build that reported to this check run (the latest, if several did)."""
+        return self._one_build(
+            "SELECT * FROM builds WHERE repository = ? AND check_run_id = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (repository, check_run_id),
+        )
+
+    def find_builds_by_head_sha(self, repository: str, head_sha: str) -> list[Build]:
+        """Builds of a pull request's head commit (for "Re-run all checks"), oldest first."""
+        return self._builds(
+            "SELECT * FROM builds WHERE repository = ? AND head_sha = ? ORDER BY id",
+            (repository, head_sha),
+        )
+
+    def recent_builds(
+        self,
+        limit: int = 50,
+        repository: str | None = None,
+        state: BuildState | str | None = None,
+    ) -> list[Build]:
+        """The newest builds first, optionally of one repository and/or in one state."""
+        conditions, params = [], []
+        if repository is not None:
+            conditions.append("repository = ?")
+            params.append(repository)
+        if state is not None:
+            conditions.append("state = ?")
+            params.append(BuildState(state).value)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        return self._builds(
+            f"SELECT * FROM builds{where} ORDER BY id DESC LIMIT ?", (*params, int(limit))
+        )
+
+    def latest_finished_build(self, repository: str, service: str | None = None) -> Build | None:
+        """The build that finished last (for the badge), of one service if given."""
+        query = "SELECT * FROM builds WHERE repository = ? AND state IN (?, ?, ?)"
+        params: list[Any] = [repository, *(s.value for s in FINISHED_BUILD_STATES)]
+        if service is not None:
+            query += " AND service = ?"
+            params.append(service)
+        return self._one_build(query + " ORDER BY finished_at DESC, id DESC LIMIT 1", params)
+
+    def unreported_builds(self) -> list[Build]:
+        """Finished builds whose final report did not reach GitHub, oldest first."""
+        return self._builds(
+            "SELECT * FROM builds WHERE reported = 0 AND state IN (?, ?, ?) ORDER BY id",
+            tuple(s.value for s in FINISHED_BUILD_STATES),
+        )
+
+    def _one_build(self, query: str, params: Any) -> Build | None:
+        row = self._connection().execute(query, params).fetchone()
+        return _build(row) if row else None
+
+    def _builds(self, query: str, params: Any) -> list[Build]:
+        return [_build(row) for row in self._connection().execute(query, params)]
+
+
+def _build(row: sqlite3.Row) -> Build:
+    values = dict(row)
+    values["state"] = BuildState(values["state"])
+    values["reported"] = bool(values["reported"])
+    return Build(**values)

@@ -1,0 +1,75 @@
+"""Reporting a finished build to GitHub: the I/O side of `reporting`.
+
+The build's record is written before it is reported, so a GitHub that cannot
+be reached loses nothing: `report_pending` reports again what GitHub did not
+take. The bodies come from `reporting.final_report`, from the record alone.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from github_app import reporting
+from github_app.buildlog import BuildLogFile
+from github_app.errors import GitHubError
+from github_app.jobs import Build, Job, JobStore
+from github_app.webhooks import BuildKind, BuildRequest
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_BYTES = 60_000
+
+
+class Reporter:
+    """Completes check runs and sets commit statuses from build records."""
+
+    def __init__(self, config, store: JobStore, github):
+        self.config = config
+        self.store = store
+        self.github = github
+
+    def details_url(self, build_id: int) -> str:
+        return f"{self.config.public_url}/builds/{build_id}"
+
+    def report_pending(self) -> None:
+        """Report finished builds whose check run or status GitHub did not accept yet."""
+        for build in self.store.unreported_builds():
+            job = self.store.get_job(build.job_id)
+            if job is None:
+                continue
+            self.report_final(request_from_job(job), build, None)
+
+    def report_final(self, request: BuildRequest, build: Build, log_tail: str | None) -> bool:
+        """Complete the check run and set the status from the build's record.
+
+        Records whether GitHub took both, so `report_pending` can try again."""
+        client = self.github.installation(request.installation_id)
+        details = self.details_url(build.id)
+        if log_tail is None:
+            log_tail = BuildLogFile(self.config.data_dir, build.id).tail(LOG_TAIL_BYTES)
+        check_run, status = reporting.final_report(build, details_url=details, log_tail=log_tail)
+        try:
+            if build.check_run_id is None:
+                # Opening it failed earlier (GitHub down): create it finished.
+                check_run.update(name=build.check_run_name, head_sha=build.head_sha,
+                                 external_id=str(build.id))
+                created = client.create_check_run(request.owner, request.repo, check_run)
+                build = self.store.update_build(build.id, check_run_id=created["id"])
+            else:
+                client.update_check_run(request.owner, request.repo, build.check_run_id,
+                                        check_run)
+            client.create_status(request.owner, request.repo, build.merge_sha, status)
+        except GitHubError as exc:
+            log.warning("could not report build %s: %s", build.id, exc,
+                        extra={"build_id": build.id})
+            return False
+        self.store.update_build(build.id, reported=True)
+        return True
+
+
+def request_from_job(job: Job) -> BuildRequest:
+    """The build request a job was queued with."""
+    data = dict(job.request)
+    data["kind"] = BuildKind(data["kind"])
+    data["labels"] = tuple(data.get("labels") or ())
+    return BuildRequest(**data)
