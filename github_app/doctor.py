@@ -295,14 +295,14 @@ def docker_engine(doctor: Doctor) -> str:
         client = doctor._once("docker", lambda: _connect(doctor))
     except BuilderError as exc:
         raise Problem(str(exc)) from None
-    where = doctor.config.docker_host or os.environ.get("DOCKER_HOST") or "the default socket"
+    where = doctor.config.engine.where
     return f"Docker {engine.engine_version(client)} answers at {where}"
 
 
 def _connect(doctor: Doctor):
     from builder import engine
 
-    client = engine.connect(docker_host=doctor.config.docker_host)
+    client = engine.connect(settings=doctor.config.engine)
     doctor._closers.append(client.close)
     return client
 
