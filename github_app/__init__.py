@@ -13,7 +13,7 @@ __all__ = ["create_app"]
 
 def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Flask:
     """The Flask app. Without `config`, reads it from the environment once."""
-    from github_app import health, pages, setup, views
+    from github_app import credentials, health, owners, pages, setup, views
     from github_app import metrics as metrics_module
     from github_app.config import Config
     from github_app.jobs import JobStore
@@ -37,6 +37,7 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
         metrics=metrics,
         engine_ping=engine_ping,
         extras={"wakeup": threading.Event()},
+        owners=owners.owners_of(config, credentials.stored_owner(config)),
     )
     for blueprint in (pages.bp, health.bp, metrics_module.bp, setup.bp):
         app.register_blueprint(blueprint)

@@ -84,9 +84,12 @@ def _with_stored_credentials(config):
     """App credentials saved by the /setup flow fill in what the environment lacks."""
     from github_app import credentials
 
-    if config.app_id:
-        return config
-    stored = credentials.load(config.data_dir)
+    try:
+        stored = credentials.load(config.data_dir)
+    except SlipwayError:
+        if config.app_id:  # the environment's App is complete; only its OAuth client is missing
+            return config
+        raise
     return credentials.apply(config, stored) if stored else config
 
 

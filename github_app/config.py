@@ -66,6 +66,16 @@ class Config:
     # postgresql://user:password@host/db: one store shared by several machines.
     database_url: str | None = field(default=None, repr=False)
     floating_tags: tuple[str, ...] = ("major", "minor", "latest")
+    # None: only the account that owns the App (learnt with GET /app); ("*",): any account.
+    allowed_owners: tuple[str, ...] | None = None
+    image_name: str = "{service}"
+    github_client_id: str | None = None
+    github_client_secret: str | None = field(default=None, repr=False)
+
+    @property
+    def has_oauth_client(self) -> bool:
+        """True when "Sign in with GitHub" can work: the App's OAuth client id and secret."""
+        return bool(self.github_client_id and self.github_client_secret)
 
     @property
     def has_app_credentials(self) -> bool:
@@ -125,6 +135,19 @@ class Config:
                 "login, or neither.",
                 variable=other,
             )
+        client_id = env.get("GITHUB_CLIENT_ID")
+        client_secret = env.secret("GITHUB_CLIENT_SECRET")
+        if (client_id is None) != (client_secret is None):
+            given, other = (
+                ("GITHUB_CLIENT_ID", "GITHUB_CLIENT_SECRET")
+                if client_secret is None
+                else ("GITHUB_CLIENT_SECRET", "GITHUB_CLIENT_ID")
+            )
+            raise ConfigError(
+                f"{other} is not set but {given} is: set both (the App's OAuth client, shown "
+                "on its settings page) for \"Sign in with GitHub\", or neither.",
+                variable=other,
+            )
         return cls(
             app_id=app_id,
             private_key=private_key,
@@ -176,6 +199,10 @@ class Config:
             ),
             database_url=_database_url(env),
             floating_tags=_floating_tags(env),
+            allowed_owners=_allowed_owners(env),
+            image_name=_image_name(env),
+            github_client_id=client_id,
+            github_client_secret=client_secret,
         )
 
 
@@ -425,3 +452,40 @@ def _floating_tags(env: _Environ) -> tuple[str, ...]:
             variable="FLOATING_TAGS",
         )
     return kinds
+
+
+# A GitHub login: letters, digits and single hyphens, at most 39 characters.
+_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
+IMAGE_NAME_FIELDS = ("service", "owner", "repo")
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def _allowed_owners(env: _Environ) -> tuple[str, ...] | None:
+    value = env.get("ALLOWED_OWNERS")
+    if value is None:
+        return None
+    owners = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    if owners == ("*",):
+        return owners
+    bad = [owner for owner in owners if not _LOGIN.fullmatch(owner)]
+    if not owners or bad:
+        raise ConfigError(
+            "ALLOWED_OWNERS must be GitHub accounts separated by commas (octo-org,octocat), "
+            f"or * for any account, not {value!r}.",
+            variable="ALLOWED_OWNERS",
+        )
+    return owners
+
+
+def _image_name(env: _Environ) -> str:
+    value = env.get("IMAGE_NAME", "{service}")
+    fields = _TEMPLATE_FIELD.findall(value)
+    leftover = _TEMPLATE_FIELD.sub("", value)
+    if ("service" not in fields or any(f not in IMAGE_NAME_FIELDS for f in fields)
+            or "{" in leftover or "}" in leftover):
+        raise ConfigError(
+            "IMAGE_NAME must be an image name template holding {service}, and optionally "
+            f"{{owner}} and {{repo}}, such as {{owner}}/{{service}}, not {value!r}.",
+            variable="IMAGE_NAME",
+        )
+    return value

@@ -110,15 +110,37 @@ def load(data_dir: Path | str) -> dict | None:
 
 
 def apply(config: Config, stored: Mapping[str, Any] | None) -> Config:
-    """`config` with the stored App id, key and webhook secret, unless the environment set any."""
-    if stored is None or _has_any_app_value(config):
+    """`config` with the stored App id, key and webhook secret, unless the environment set any;
+    and with the stored OAuth client of that App, unless GITHUB_CLIENT_ID is set."""
+    if stored is None:
         return config
-    return dataclasses.replace(
-        config,
-        app_id=str(stored["id"]),
-        private_key=stored["pem"].encode(),
-        webhook_secret=stored["webhook_secret"],
-    )
+    if not _has_any_app_value(config):
+        config = dataclasses.replace(
+            config,
+            app_id=str(stored["id"]),
+            private_key=stored["pem"].encode(),
+            webhook_secret=stored["webhook_secret"],
+        )
+    client_id, client_secret = stored.get("client_id"), stored.get("client_secret")
+    if (config.github_client_id is None and str(stored["id"]) == str(config.app_id)
+            and isinstance(client_id, str) and client_id
+            and isinstance(client_secret, str) and client_secret):
+        config = dataclasses.replace(
+            config, github_client_id=client_id, github_client_secret=client_secret
+        )
+    return config
+
+
+def stored_owner(config: Config) -> str | None:
+    """The account that owns the App, as the manifest setup stored it, when `config` uses it."""
+    try:
+        stored = load(config.data_dir)
+    except ConfigError:
+        return None
+    if stored is None or str(stored.get("id")) != str(config.app_id):
+        return None
+    owner = stored.get("owner")
+    return owner if isinstance(owner, str) and owner else None
 
 
 def public_view(stored: Mapping[str, Any]) -> dict:

@@ -134,6 +134,13 @@ class GitHubApp:
                 return found
             page += 1
 
+    def app_owner(self) -> str:
+        """The login of the account that owns the App."""
+        owner = (self.get_app().get("owner") or {}).get("login")
+        if not isinstance(owner, str) or not owner:
+            raise GitHubError("GitHub's answer to GET /app names no owner.")
+        return owner
+
     def installation(self, installation_id: int) -> InstallationClient:
         """The client of one installation (shared: its token cache and connections)."""
         with self._guard:

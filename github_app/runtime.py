@@ -22,6 +22,8 @@ class Runtime:
     # Raises when the engine does not answer; /healthz reports its message.
     engine_ping: Callable[[], None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # Whose installations are built (github_app.owners.AllowedOwners).
+    owners: Any = None
 
 
 def current_runtime() -> Runtime:

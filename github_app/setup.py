@@ -30,7 +30,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 from flask import Blueprint, Response, g, render_template, request
 
-from . import credentials, logs
+from . import credentials, logs, owners
 from .errors import ConfigError, GitHubError
 from .pages import github_web_url
 from .runtime import current_runtime
@@ -175,6 +175,10 @@ def adopt_credentials(runtime: Any, stored: dict) -> bool:
         runtime.config = updated
         runtime.extras["app"] = credentials.public_view(stored)
         logs.add_secrets(updated)
+        if runtime.owners is not None:
+            runtime.owners.learn_app_owner(stored.get("owner"))
+            if runtime.owners.rule() is None:
+                owners.ask_github_for_app_owner(runtime.owners, updated)
     log.info("GitHub App %s (id %s) is set up; webhooks are accepted from now on",
              stored.get("slug"), stored.get("id"))
     on_credentials = runtime.extras.get("on_credentials")

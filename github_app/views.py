@@ -51,6 +51,7 @@ def receive_delivery(runtime, headers: Mapping[str, str], body: bytes) -> tuple[
         decision = webhooks.decide(
             delivery, target_branch=config.target_branch, app_id=config.app_id
         )
+        installing = webhooks.installing_account(delivery)
     except WebhookRejected as error:
         # The event header of a refused delivery is not trusted: as a label it
         # would let anyone grow the metrics without bound.
@@ -59,10 +60,26 @@ def receive_delivery(runtime, headers: Mapping[str, str], body: bytes) -> tuple[
     if isinstance(decision, webhooks.Ping):
         _count(runtime, delivery.event, "ping")
         return 200, {"pong": True, "zen": decision.zen}
+    rule = runtime.owners.rule()
+    if installing is not None and rule is not None and not rule.allows(installing):
+        log.warning("the App was installed on %s: add it to ALLOWED_OWNERS to build it, or "
+                    "uninstall the App from it", rule.refusal(installing),
+                    extra={"delivery_id": delivery.id})
     if isinstance(decision, webhooks.Ignored):
         _count(runtime, delivery.event, "ignored")
         log.info("webhook ignored: %s", decision.reason, extra={"delivery_id": delivery.id})
         return 202, {"ignored": decision.reason}
+    if rule is None:
+        # Known once GET /app answers (owners.py); a 5xx lets GitHub redeliver it then.
+        _count(runtime, delivery.event, "unavailable")
+        return 503, {"error": "Slipway does not know yet which account owns the App, so it "
+                              "cannot tell whether this repository may be built; redeliver "
+                              "it later, or set ALLOWED_OWNERS."}
+    if not rule.allows(decision.owner):
+        _count(runtime, delivery.event, "ignored")
+        reason = rule.refusal(decision.owner)
+        log.info("webhook ignored: %s", reason, extra={"delivery_id": delivery.id})
+        return 202, {"ignored": reason}
     try:
         result = runtime.store.enqueue(
             delivery.id,

@@ -66,18 +66,16 @@ class Delivery:
                 400, f"The {DELIVERY_HEADER} header is malformed: {delivery_id[:64]!r}."
             )
         payload = _parse_body(body)
-        action = payload.get("action")
-        installation = payload.get("installation")
-        repository = payload.get("repository")
+        action = _field(payload, "action", str)
+        installation_id = _field(payload, "installation.id", int)
+        repository = _field(payload, "repository.full_name", str)
         return cls(
             id=delivery_id,
             event=event,
-            action=action if isinstance(action, str) else None,
+            action=action,
             payload=payload,
-            installation_id=_int_or_none(installation.get("id"))
-            if isinstance(installation, dict)
-            else None,
-            repository=repository.get("full_name") if isinstance(repository, dict) else None,
+            installation_id=installation_id,
+            repository=repository,
         )
 
 
@@ -127,6 +125,57 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+_KINDS = {str: "a string", int: "a whole number", bool: "true or false", dict: "an object",
+          list: "an array"}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, float):
+        return "a number with a fraction"
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _field(node: Any, path: str, kind: type, *, required: bool = False, where: str = "") -> Any:
+    """The value at `path` ("a.b.c") of `node`, checked to be a `kind`; None when absent or null.
+
+    A signed body of the wrong shape must be a 400 that says what is wrong, never a
+    crash: a value of another type anywhere on the path raises `WebhookRejected(400)`,
+    and so does an absent or null value when `required`.
+    """
+    value = node
+    walked = where
+    for part in path.split("."):
+        if value is None:
+            break
+        if not isinstance(value, dict):
+            raise _malformed(f"{walked} must be an object, not {_describe(value)}")
+        walked = f"{walked}.{part}" if walked else part
+        value = value.get(part)
+    if value is None:
+        if required:
+            raise _malformed(f"{where + '.' if where else ''}{path} is missing")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _malformed(f"{walked} must be {_KINDS[kind]}, not {_describe(value)}")
+    return value
+
+
+def _items(node: Any, path: str, kind: type, *, where: str = "") -> list:
+    """The array at `path` (empty when absent), each item checked to be a `kind`."""
+    items = _field(node, path, list, where=where) or []
+    for index, item in enumerate(items):
+        if not isinstance(item, kind) or (kind is int and isinstance(item, bool)):
+            raise _malformed(f"{where + '.' if where else ''}{path}[{index}] must be "
+                             f"{_KINDS[kind]}, not {_describe(item)}")
+    return items
+
+
+def _malformed(what: str) -> WebhookRejected:
+    return WebhookRejected(400, f"The body is not shaped like GitHub's payload: {what}.")
+
+
 # --- deciding -------------------------------------------------------------------------------
 
 
@@ -173,6 +222,8 @@ class BuildRequest:
     check_suite_id: int | None = None
     action: str | None = None
     head_owner: str | None = None  # owner of the head repository (a fork's owner); None: gone
+    # repository.private of the payload; None (unknown) is treated as private.
+    private: bool | None = None
 
     @property
     def repository(self) -> str:
@@ -201,10 +252,14 @@ Decision = BuildRequest | Ignored | Ping
 def decide(
     delivery: Delivery, *, target_branch: str, app_id: int | str | None
 ) -> BuildRequest | Ignored | Ping:
-    """Decide from the payload alone: build (merge or re-run), ignore with a reason, or ping."""
+    """Decide from the payload alone: build (merge or re-run), ignore with a reason, or ping.
+
+    Raises `WebhookRejected(400)` naming the field when the payload is not shaped
+    as GitHub sends it (a field of the wrong type, or a required one missing).
+    """
     payload = delivery.payload
     if delivery.event == "ping":
-        return Ping(zen=payload.get("zen"), hook_id=_int_or_none(payload.get("hook_id")))
+        return Ping(zen=_field(payload, "zen", str), hook_id=_field(payload, "hook_id", int))
     if delivery.event == "pull_request":
         return _decide_pull_request(delivery, target_branch)
     if delivery.event in ("check_run", "check_suite"):
@@ -212,38 +267,50 @@ def decide(
     return Ignored(f"event {delivery.event} is not built")
 
 
+# The installation events that give the App an account's repositories.
+_INSTALLING = {"installation": ("created", "new_permissions_accepted", "unsuspend"),
+               "installation_repositories": ("added",)}
+
+
+def installing_account(delivery: Delivery) -> str | None:
+    """The account an `installation` (created...) or `installation_repositories` (added)
+    delivery installs the App on; None for every other delivery."""
+    if delivery.action not in _INSTALLING.get(delivery.event, ()):
+        return None
+    return _field(delivery.payload, "installation.account.login", str, required=True)
+
+
 def _decide_pull_request(delivery: Delivery, target_branch: str) -> BuildRequest | Ignored:
-    pr = delivery.payload.get("pull_request")
     if delivery.action in PRE_MERGE_ACTIONS:
         return _decide_pre_merge(delivery, target_branch)
     if delivery.action != "closed":
         return Ignored(
             f"pull_request {delivery.action} is not built: only merged pull requests are"
         )
-    if not isinstance(pr, dict):
-        return Ignored("pull_request closed without a pull_request object")
-    if pr.get("merged") is not True:
-        return _decide_closed(delivery, target_branch)
-    base_ref = (pr.get("base") or {}).get("ref")
+    pr = _field(delivery.payload, "pull_request", dict, required=True)
+    if _field(pr, "merged", bool, where="pull_request") is not True:
+        return _decide_closed(delivery, pr, target_branch)
+    base_ref = _field(pr, "base.ref", str, required=True, where="pull_request")
     if base_ref != target_branch:
         return Ignored(f"merged into {base_ref}, not {target_branch}")
     where = _where(delivery)
     if isinstance(where, Ignored):
         return where
-    merge_commit_sha = pr.get("merge_commit_sha")
-    head_sha = (pr.get("head") or {}).get("sha")
+    merge_commit_sha = _field(pr, "merge_commit_sha", str, where="pull_request")
+    head_sha = _field(pr, "head.sha", str, where="pull_request")
+    number, title, labels, head_owner = _pull_request_fields(pr)
     if not merge_commit_sha or not head_sha:
         return Ignored("merged pull request without merge_commit_sha or head sha")
     return BuildRequest(
         kind=BuildKind.MERGE,
         merge_commit_sha=merge_commit_sha,
         head_sha=head_sha,
-        pr_number=_int_or_none(pr.get("number")),
-        pr_title=pr.get("title") or "",
-        labels=_label_names(pr),
+        pr_number=number,
+        pr_title=title,
+        labels=labels,
         base_ref=base_ref,
         action=delivery.action,
-        head_owner=_head_owner(pr),
+        head_owner=head_owner,
         **where,
     )
 
@@ -251,86 +318,83 @@ def _decide_pull_request(delivery: Delivery, target_branch: str) -> BuildRequest
 def _decide_pre_merge(delivery: Delivery, target_branch: str) -> BuildRequest | Ignored:
     """An open pull request into the target branch: build (or re-preview) its head."""
     action = delivery.action
-    pr = delivery.payload.get("pull_request")
-    if not isinstance(pr, dict):
-        return Ignored(f"pull_request {action} without a pull_request object")
-    base_ref = (pr.get("base") or {}).get("ref")
+    payload = delivery.payload
+    pr = _field(payload, "pull_request", dict, required=True)
+    base_ref = _field(pr, "base.ref", str, required=True, where="pull_request")
     if base_ref != target_branch:
         return Ignored(f"pull request into {base_ref}, not {target_branch}: not built "
                        "before the merge")
-    if pr.get("state") != "open":
+    if _field(pr, "state", str, where="pull_request") != "open":
         return Ignored(f"pull_request {action} on a closed pull request")
     if action in ("labeled", "unlabeled"):
-        name = ((delivery.payload.get("label") or {}).get("name") or "").strip().lower()
+        name = (_field(payload, "label.name", str) or "").strip().lower()
         if not name.startswith(_VERSION_LABEL_PREFIXES) and name != BUILD_LABEL:
             return Ignored(f"label {name or '(none)'} changes neither the version nor the build")
     if action == "edited":
-        changes = delivery.payload.get("changes") or {}
+        changes = _field(payload, "changes", dict) or {}
         if "title" not in changes and "base" not in changes:
             return Ignored("pull_request edited: neither its title nor its base changed")
     where = _where(delivery)
     if isinstance(where, Ignored):
         return where
-    head_sha = (pr.get("head") or {}).get("sha")
+    head_sha = _field(pr, "head.sha", str, where="pull_request")
+    number, title, labels, head_owner = _pull_request_fields(pr)
     if not head_sha:
         return Ignored(f"pull_request {action} without a head sha")
     return BuildRequest(
         kind=BuildKind.PRE_MERGE,
         head_sha=head_sha,
-        pr_number=_int_or_none(pr.get("number")),
-        pr_title=pr.get("title") or "",
-        labels=_label_names(pr),
+        pr_number=number,
+        pr_title=title,
+        labels=labels,
         base_ref=base_ref,
         action=action,
-        head_owner=_head_owner(pr),
+        head_owner=head_owner,
         **where,
     )
 
 
-def _decide_closed(delivery: Delivery, target_branch: str) -> BuildRequest | Ignored:
+def _decide_closed(delivery: Delivery, pr: dict, target_branch: str) -> BuildRequest | Ignored:
     """Closed without a merge: its staging tags go; nothing is built."""
-    pr = delivery.payload["pull_request"]
-    base_ref = (pr.get("base") or {}).get("ref")
+    base_ref = _field(pr, "base.ref", str, required=True, where="pull_request")
     if base_ref != target_branch:
         return Ignored("pull_request closed without merge")
     where = _where(delivery)
     if isinstance(where, Ignored):
         return where
+    number, title, _, head_owner = _pull_request_fields(pr)
     return BuildRequest(
         kind=BuildKind.CLOSED,
-        head_sha=(pr.get("head") or {}).get("sha") or "",
-        pr_number=_int_or_none(pr.get("number")),
-        pr_title=pr.get("title") or "",
+        head_sha=_field(pr, "head.sha", str, where="pull_request") or "",
+        pr_number=number,
+        pr_title=title,
         base_ref=base_ref,
         action="closed",
-        head_owner=_head_owner(pr),
+        head_owner=head_owner,
         **where,
     )
 
 
-def _label_names(pr: dict) -> tuple[str, ...]:
-    return tuple(
-        label["name"]
-        for label in pr.get("labels") or ()
-        if isinstance(label, dict) and isinstance(label.get("name"), str)
+def _pull_request_fields(pr: dict) -> tuple[int | None, str, tuple[str, ...], str | None]:
+    """Number, title, label names and the head repository's owner (None: the fork is gone)."""
+    labels = tuple(
+        _field(label, "name", str, required=True, where=f"pull_request.labels[{index}]")
+        for index, label in enumerate(_items(pr, "labels", dict, where="pull_request"))
     )
-
-
-def _head_owner(pr: dict) -> str | None:
-    repo = (pr.get("head") or {}).get("repo")
-    if not isinstance(repo, dict):
-        return None  # the fork was deleted
-    return (repo.get("owner") or {}).get("login")
+    return (
+        _field(pr, "number", int, where="pull_request"),
+        _field(pr, "title", str, where="pull_request") or "",
+        labels,
+        _field(pr, "head.repo.owner.login", str, where="pull_request"),
+    )
 
 
 def _decide_rerun(delivery: Delivery, app_id: int | str | None) -> BuildRequest | Ignored:
     event = delivery.event
     if delivery.action != "rerequested":
         return Ignored(f"{event} {delivery.action} is not built: only rerequested is")
-    item = delivery.payload.get(event)
-    if not isinstance(item, dict):
-        return Ignored(f"{event} rerequested without a {event} object")
-    owner_app = _int_or_none((item.get("app") or {}).get("id"))
+    item = _field(delivery.payload, event, dict, required=True)
+    owner_app = _field(item, "app.id", int, where=event)
     if app_id is None or owner_app is None or str(owner_app) != str(app_id):
         return Ignored(
             f"{event} rerequested belongs to another app (id {owner_app}), not this one "
@@ -339,27 +403,32 @@ def _decide_rerun(delivery: Delivery, app_id: int | str | None) -> BuildRequest 
     where = _where(delivery)
     if isinstance(where, Ignored):
         return where
-    head_sha = item.get("head_sha")
+    head_sha = _field(item, "head_sha", str, where=event)
+    pulls = _pull_numbers(item, "pull_requests", where=event)
+    item_id = _field(item, "id", int, where=event)
+    if event == "check_run":
+        name = _field(item, "name", str, where=event)
+        external_id = _field(item, "external_id", str, where=event)
+        suite_id = _field(item, "check_suite.id", int, where=event)
+        pulls = pulls or _pull_numbers(item, "check_suite.pull_requests", where=event)
     if not head_sha:
         return Ignored(f"{event} rerequested without head_sha")
     if event == "check_run":
-        suite = item.get("check_suite") or {}
-        pulls = item.get("pull_requests") or suite.get("pull_requests") or ()
         return BuildRequest(
             kind=BuildKind.RERUN_CHECK_RUN,
             head_sha=head_sha,
-            check_run_id=_int_or_none(item.get("id")),
-            check_run_name=item.get("name"),
-            external_id=item.get("external_id") or None,
-            check_suite_id=_int_or_none(suite.get("id")),
-            pr_number=_first_pull_number(pulls),
+            check_run_id=item_id,
+            check_run_name=name,
+            external_id=external_id or None,
+            check_suite_id=suite_id,
+            pr_number=pulls[0] if pulls else None,
             **where,
         )
     return BuildRequest(
         kind=BuildKind.RERUN_CHECK_SUITE,
         head_sha=head_sha,
-        check_suite_id=_int_or_none(item.get("id")),
-        pr_number=_first_pull_number(item.get("pull_requests") or ()),
+        check_suite_id=item_id,
+        pr_number=pulls[0] if pulls else None,
         **where,
     )
 
@@ -367,31 +436,40 @@ def _decide_rerun(delivery: Delivery, app_id: int | str | None) -> BuildRequest 
 def _where(delivery: Delivery) -> dict[str, Any] | Ignored:
     """The fields every BuildRequest shares: delivery, installation, repository, sender."""
     payload = delivery.payload
-    repository = payload.get("repository")
-    if not isinstance(repository, dict):
+    repository = _field(payload, "repository", dict)
+    if repository is None:
         return Ignored(f"{delivery.event} {delivery.action} without a repository")
     if delivery.installation_id is None:
         return Ignored(
             f"{delivery.event} {delivery.action} without an installation: it did not come "
             "from an installed GitHub App"
         )
-    owner = (repository.get("owner") or {}).get("login")
-    name = repository.get("name")
+    owner = _field(repository, "owner.login", str, where="repository")
+    name = _field(repository, "name", str, where="repository")
     if not owner or not name:
-        owner, _, name = (repository.get("full_name") or "/").partition("/")
+        owner, _, name = (delivery.repository or "/").partition("/")
+    if not owner or not name:
+        raise _malformed("repository.owner.login and repository.name are missing")
     return {
         "delivery_id": delivery.id,
         "installation_id": delivery.installation_id,
         "owner": owner,
         "repo": name,
-        "clone_url": repository.get("clone_url"),
-        "html_url": repository.get("html_url"),
-        "sender": (payload.get("sender") or {}).get("login"),
+        "clone_url": _field(repository, "clone_url", str, where="repository"),
+        "html_url": _field(repository, "html_url", str, where="repository"),
+        "sender": _field(payload, "sender.login", str),
+        # Unknown counts as private: its pages are then shown only to readers.
+        "private": _field(repository, "private", bool, where="repository"),
     }
 
 
-def _first_pull_number(pulls: Sequence[Any]) -> int | None:
-    for pull in pulls:
-        if isinstance(pull, dict) and _int_or_none(pull.get("number")) is not None:
-            return pull["number"]
-    return None
+def _pull_numbers(node: Any, path: str, *, where: str) -> list[int]:
+    """The numbers of the pull requests listed at `path` (items without one are skipped)."""
+    pulls = _items(node, path, dict, where=where)
+    numbers = []
+    for index, pull in enumerate(pulls):
+        number = _field(pull, "number", int, where=f"{where}.{path}[{index}]")
+        if number is not None:
+            numbers.append(number)
+    return numbers
+

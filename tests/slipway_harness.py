@@ -66,6 +66,8 @@ class Repo:
 class Harness:
     def __init__(self, fake, registry: str, data_dir, *, threads: int = 2, **config):
         self.fake = fake
+        # repository() installs the App on octo-org; the fake's App belongs to octocat.
+        config.setdefault("allowed_owners", ("octo-org",))
         self.config = Config(
             app_id=str(fake.app_id),
             private_key=fake.private_key_pem,

@@ -61,6 +61,7 @@ def slipway_env(fake_github, registry, data_dir, key_path, **settings) -> dict:
         "DATA_DIR": str(data_dir),
         "BUILD_NETWORK": "host",
         "PUBLIC_URL": "http://slipway.example",
+        "ALLOWED_OWNERS": "octo-org",
         **settings,
     }
 
@@ -431,3 +432,15 @@ def _wait(condition, what: str, timeout: float = 60) -> None:
             return
         time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def test_a_merge_in_an_account_that_is_not_allowed_makes_no_github_call(harness, registry):
+    """Outside ALLOWED_OWNERS: 202 ignored, then no token, no check run, no build, no push."""
+    repo = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP}, owner="mallory")
+    answer = harness.deliver("pull_request", repo.merged(labels=["version:1.0.0"]))
+    assert answer.status_code == 202
+    assert "mallory is not in ALLOWED_OWNERS" in answer.json()["ignored"]
+    harness.run_worker()
+    assert harness.fake.requests == []
+    assert harness.store.recent_builds() == []
+    assert registry.tags(repo.name) == []

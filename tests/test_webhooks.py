@@ -13,13 +13,22 @@ from payloads import (
     load_event,
     merged_pull_request,
     pull_request_event,
+    set_path,
     sign,
     to_body,
     webhook_headers,
 )
 
 from github_app.errors import WebhookRejected
-from github_app.webhooks import BuildKind, BuildRequest, Delivery, Ignored, Ping, decide
+from github_app.webhooks import (
+    BuildKind,
+    BuildRequest,
+    Delivery,
+    Ignored,
+    Ping,
+    decide,
+    installing_account,
+)
 
 SECRET = "s3cret"
 OUR_APP = 2  # the app id of the check_run examples
@@ -331,3 +340,110 @@ def test_sign_matches_githubs_documented_example():
     assert sign(b"Hello, World!", "It's a Secret to Everybody") == (
         "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
     )
+
+
+# --- payloads of the wrong shape -----------------------------------------------------------------
+
+
+def shape_error(payload, event: str, **options) -> str:
+    with pytest.raises(WebhookRejected) as info:
+        decide(deliver(payload, event), target_branch="develop", app_id=OUR_APP, **options)
+    assert info.value.status == 400
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"pull_request__base": "develop"}, "pull_request.base must be an object, not a string"),
+        ({"pull_request__base__ref": 7}, "pull_request.base.ref must be a string, not a whole"),
+        ({"pull_request__merged": "yes"}, "pull_request.merged must be true or false"),
+        ({"pull_request__labels": {"name": "x"}}, "pull_request.labels must be an array"),
+        ({"pull_request__labels": ["version:1.2.3"]},
+         "pull_request.labels[0] must be an object, not a string"),
+        ({"pull_request__head__sha": ["abc"]}, "pull_request.head.sha must be a string, not an"),
+        ({"pull_request__number": 1.5}, "pull_request.number must be a whole number, not a number"),
+        ({"pull_request__title": None, "repository__owner": "Codertocat"},
+         "repository.owner must be an object"),
+        ({"repository__private": "false"}, "repository.private must be true or false"),
+        ({"installation__id": "1"}, "installation.id must be a whole number"),
+        ({"sender": []}, "sender must be an object, not an array"),
+    ],
+)
+def test_a_merge_of_the_wrong_shape_is_400_naming_the_field(change, says):
+    """A signed pull_request whose fields have the wrong type is a 400 that names the field."""
+    payload = merged_pull_request(["version:1.2.3"])
+    for key, value in change.items():
+        set_path(payload, key.split("__"), value)
+    assert says in shape_error(payload, "pull_request")
+
+
+def test_a_label_without_a_name_is_400():
+    """Each label GitHub sends has a name; one without is a malformed body."""
+    payload = merged_pull_request(["version:1.2.3"])
+    del payload["pull_request"]["labels"][0]["name"]
+    assert "pull_request.labels[0].name is missing" in shape_error(payload, "pull_request")
+
+
+def test_a_closed_pull_request_without_its_object_is_400():
+    """pull_request closed with `pull_request: null` is malformed, not ignored."""
+    payload = merged_pull_request()
+    payload["pull_request"] = None
+    assert "pull_request is missing" in shape_error(payload, "pull_request")
+
+
+@pytest.mark.parametrize(
+    ("event", "change", "says"),
+    [
+        ("check_run", {"check_run__app": 2}, "check_run.app must be an object"),
+        ("check_run", {"check_run__check_suite__id": "5"}, "check_run.check_suite.id must be"),
+        ("check_run", {"check_run__pull_requests": [3]}, "check_run.pull_requests[0] must be"),
+        ("check_suite", {"check_suite__head_sha": 5}, "check_suite.head_sha must be a string"),
+        ("ping", {"hook_id": "x"}, "hook_id must be a whole number"),
+    ],
+)
+def test_reruns_and_pings_of_the_wrong_shape_are_400(event, change, says):
+    """Re-run and ping payloads are checked the same way."""
+    action = "rerequested" if event != "ping" else None
+    payload = load_event(event, action)
+    for key, value in change.items():
+        set_path(payload, key.split("__"), value)
+    if event == "check_suite":
+        payload["check_suite"]["app"]["id"] = OUR_APP
+    assert says in shape_error(payload, event)
+
+
+def test_an_action_that_is_not_a_string_is_400():
+    """`action` is read for every event: a number there is malformed."""
+    payload = merged_pull_request()
+    payload["action"] = 3
+    error = rejected(webhook_headers("pull_request", to_body(payload), SECRET), to_body(payload))
+    assert error.status == 400
+    assert "action must be a string" in str(error)
+
+
+def test_a_merge_records_whether_the_repository_is_private():
+    """repository.private travels with the build request (the pages hide private builds)."""
+    payload = merged_pull_request()
+    payload["repository"]["private"] = True
+    assert decide_for(payload, "pull_request").private is True
+    payload["repository"]["private"] = False
+    assert decide_for(payload, "pull_request").private is False
+    del payload["repository"]["private"]
+    assert decide_for(payload, "pull_request").private is None
+
+
+# --- installations -------------------------------------------------------------------------------
+
+
+def test_an_installation_names_the_account_it_installs_on():
+    """installation created and installation_repositories added name the account."""
+    created = load_event("installation", "created")
+    assert installing_account(deliver(created, "installation")) == (
+        created["installation"]["account"]["login"])
+    added = load_event("installation_repositories", "added")
+    assert installing_account(deliver(added, "installation_repositories")) == (
+        added["installation"]["account"]["login"])
+    assert installing_account(deliver(load_event("installation", "deleted"),
+                                      "installation")) is None
+    assert installing_account(deliver(merged_pull_request(), "pull_request")) is None
