@@ -202,6 +202,8 @@ def start_slipway(name: str, workdir: Path, key_pem: Path, *, web_workers: int |
         "GITHUB_WEBHOOK_SECRET": SECRET,
         "GITHUB_API_URL": f"http://{NOWHERE}",
         "TARGET_BRANCH": TARGET_BRANCH,
+        # The example's repository owner: the delivery passes the owner check and is queued.
+        "ALLOWED_OWNERS": "Codertocat",
         "REGISTRY": NOWHERE,
         "PUBLIC_URL": f"http://127.0.0.1:{port}",
         "DATA_DIR": str(data_dir),
