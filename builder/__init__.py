@@ -7,14 +7,19 @@ nothing of GitHub. Errors are ``BuilderError`` subclasses (see builder.errors).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from builder.cancel import CANCELLED, TIMED_OUT, Stop, stoppable
 from builder.errors import (
+    BuildCancelled,
     BuilderError,
     BuildFailed,
+    BuildOutOfMemory,
+    BuildTimedOut,
     ContextNotFound,
     DockerfileNotFound,
     EngineUnreachable,
@@ -36,6 +41,9 @@ __all__ = [
     "SERVICE_LABEL",
     "BuilderError",
     "BuildFailed",
+    "BuildCancelled",
+    "BuildOutOfMemory",
+    "BuildTimedOut",
     "ContextNotFound",
     "DockerfileNotFound",
     "EngineUnreachable",
@@ -86,11 +94,17 @@ def build_artifact(
     docker_client=None,
     engine_settings: EngineSettings | None = None,
     nocache: bool = False,
+    memory: int | None = None,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
 ) -> BuildResult:
     """Build ``context`` into ``REGISTRY/service_name:version``, push it, return what was pushed.
 
     ``dockerfile`` is relative to ``context`` (or absolute). The log goes to
     ``on_log`` line by line as the build runs; only its tail is kept.
+    ``memory`` (bytes) limits every build step's container. After ``timeout``
+    seconds, or once ``cancel`` is set, the build or push is stopped in the engine
+    and BuildTimedOut or BuildCancelled is raised; nothing is pushed after that.
     """
     started = time.monotonic()
     check_artifact_type(artifact_type)
@@ -105,25 +119,36 @@ def build_artifact(
     # Imported here so that bad input is refused even where the docker SDK is absent.
     from builder import engine
 
-    with engine.opened(docker_client, settings=engine_settings) as client:
-        repository = f"{registry}/{service_name}"
-        tag = image_tag(registry, service_name, version)
-        log = engine.BuildOutput(on_log)
-        image = engine.build_image(
-            client,
-            context=context_dir,
-            dockerfile=dockerfile_path,
-            tag=tag,
-            build_args=dict(build_args or {}),
-            labels=image_labels,
-            network=network,
-            nocache=nocache,
-            log=log,
-        )
-        auth = {"username": username, "password": password or ""} if username else None
-        digest = engine.push_image(
-            client, repository=repository, version=version, registry=registry, auth=auth, log=log
-        )
+    repository = f"{registry}/{service_name}"
+    tag = image_tag(registry, service_name, version)
+    log = engine.BuildOutput(on_log)
+    with (engine.opened(docker_client, settings=engine_settings) as client,
+          stoppable(client, cancel=cancel, timeout=timeout) as stop):
+        try:
+            image = engine.build_image(
+                client,
+                context=context_dir,
+                dockerfile=dockerfile_path,
+                tag=tag,
+                build_args=dict(build_args or {}),
+                labels=image_labels,
+                network=network,
+                nocache=nocache,
+                log=log,
+                memory=memory,
+            )
+            _raise_if_stopped(stop, timeout, log)
+            auth = {"username": username, "password": password or ""} if username else None
+            digest = engine.push_image(
+                client, repository=repository, version=version, registry=registry, auth=auth,
+                log=log,
+            )
+        except Exception as exc:
+            # Closing the stream is how the build was stopped; what broke (a BuilderError,
+            # urllib3's ProtocolError) is its effect, not the cause.
+            _raise_if_stopped(stop, timeout, log, cause=exc)
+            raise
+        _raise_if_stopped(stop, timeout, log)
     return BuildResult(
         service=service_name,
         version=version,
@@ -135,6 +160,19 @@ def build_artifact(
         duration=time.monotonic() - started,
         log_tail=log.tail.text(),
     )
+
+
+def _raise_if_stopped(stop: Stop, timeout: float | None, log, *, cause=None) -> None:
+    if stop.reason == TIMED_OUT:
+        step = f" at {log.step}" if log.step else ""
+        raise BuildTimedOut(
+            f"The build ran past its time limit of {timeout:g} s{step} and was stopped in the "
+            "Docker engine; nothing was pushed.",
+            seconds=timeout, step=log.step, log_tail=log.tail.text(),
+        ) from cause
+    if stop.reason == CANCELLED:
+        raise BuildCancelled("The build was stopped before it finished; nothing was pushed.") \
+            from cause
 
 
 def check_artifact_type(artifact_type: str) -> None:

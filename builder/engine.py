@@ -15,13 +15,15 @@ from dataclasses import dataclass
 import docker
 import requests
 
-from builder.errors import BuildFailed, EngineUnreachable
+from builder.errors import BuildFailed, BuildOutOfMemory, EngineUnreachable
 from builder.logtail import LineSplitter, LogTail
 from builder.references import (
     BuildChunk,
     PushChunk,
     build_failure_message,
     dockerfile_with_labels,
+    killed,
+    out_of_memory_message,
     parse_build_chunk,
     parse_push_chunk,
     push_failed,
@@ -127,9 +129,16 @@ def build_image(
     network: str | None,
     nocache: bool,
     log: BuildOutput,
+    memory: int | None = None,
 ) -> Image:
-    """Build ``context`` and tag the result ``tag``; raise BuildFailed with the failing step."""
+    """Build ``context`` and tag the result ``tag``; raise BuildFailed with the failing step.
+
+    ``memory`` (bytes) limits every step's container, swap included.
+    """
     error = None
+    # memswap equal to memory: no swap on top, so a step over the limit is killed
+    # instead of crawling through swap until the timeout.
+    limits = {"memory": memory, "memswap": memory} if memory else None
     with engine_errors(), labelled_context(context, dockerfile, labels) as archive:
         try:
             stream = client.api.build(
@@ -143,12 +152,21 @@ def build_image(
                 rm=True,
                 forcerm=True,
                 nocache=nocache,
+                container_limits=limits,
                 decode=True,
             )
             error = _read_build_stream(stream, log)
         except docker.errors.APIError as exc:  # refused before the stream started
             error = exc.explanation or str(exc)
         log.close()
+        if error is not None and memory and killed(error):
+            raise BuildOutOfMemory(
+                out_of_memory_message(log.step, memory),
+                memory=memory,
+                step=log.step,
+                log_tail=log.tail.text(),
+                detail=error,
+            )
         if error is not None:
             raise BuildFailed(
                 build_failure_message(log.step, error),

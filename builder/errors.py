@@ -124,3 +124,25 @@ class RegistryUnreachable(BuilderError):
 
 class BuildCancelled(BuilderError):
     """The caller stopped the build (its claim of the job lapsed); nothing was pushed after."""
+
+
+class BuildTimedOut(BuilderError):
+    """The build ran past its time limit and was stopped in the engine; nothing was pushed."""
+
+    blame = REPOSITORY
+
+    def __init__(self, message: str, *, seconds: float, step: str | None = None,
+                 log_tail: str = ""):
+        super().__init__(message)
+        self.seconds = seconds
+        self.step = step
+        self.log_tail = log_tail
+
+
+class BuildOutOfMemory(BuildFailed):
+    """A build step was killed (exit code 137) under the build's memory limit."""
+
+    def __init__(self, message: str, *, memory: int | None, step: str | None, log_tail: str,
+                 detail: str = ""):
+        super().__init__(message, step=step, log_tail=log_tail, detail=detail)
+        self.memory = memory

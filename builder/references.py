@@ -167,6 +167,23 @@ def build_failure_message(step: str | None, error: str) -> str:
     return f"The build failed before its first step: {error}; check the Dockerfile."
 
 
+# The classic builder's words for a step whose process ended with SIGKILL (128 + 9):
+# under a memory limit, the kernel's OOM killer.
+_KILLED = re.compile(r"returned a non-zero code: 137\b")
+
+
+def killed(error: str) -> bool:
+    """Whether the engine's error says the step's process was killed (exit code 137)."""
+    return bool(_KILLED.search(error))
+
+
+def out_of_memory_message(step: str | None, memory: int) -> str:
+    """The sentence of a BuildOutOfMemory."""
+    where = f"The build step {step}" if step else "A build step"
+    return (f"{where} was killed (exit code 137): it ran out of memory, the limit of every "
+            f"build step being {memory // 1024**2} MiB.")
+
+
 # --- the push stream ---------------------------------------------------------
 
 

@@ -59,6 +59,9 @@ class Config:
     web_threads: int = 4
     log_level: str = "INFO"
     min_free_disk: int = 2 * 1024**3  # bytes
+    build_timeout: int = 1800  # seconds; a service's `timeout:` may differ, up to the max
+    build_timeout_max: int = 7200
+    build_memory: int = 4 * 1024**3  # bytes, every build step's container
     retention_days: int = 30
     keep_images: int = 3
     stop_grace: int = 25  # seconds
@@ -148,7 +151,7 @@ class Config:
                 "on its settings page) for \"Sign in with GitHub\", or neither.",
                 variable=other,
             )
-        return cls(
+        config = cls(
             app_id=app_id,
             private_key=private_key,
             webhook_secret=webhook_secret,
@@ -181,6 +184,16 @@ class Config:
             log_level=_log_level(env),
             min_free_disk=_size(env, "MIN_FREE_DISK", "2g",
                                 meaning="free disk a build needs before it starts"),
+            build_timeout=_int(
+                env, "BUILD_TIMEOUT", 1800, low=1, high=7 * 86400,
+                meaning="seconds a build may take unless its service sets `timeout:`",
+            ),
+            build_timeout_max=_int(
+                env, "BUILD_TIMEOUT_MAX", 7200, low=1, high=7 * 86400,
+                meaning="the most seconds a service's `timeout:` may ask for",
+            ),
+            build_memory=_size(env, "BUILD_MEMORY", "4g",
+                               meaning="memory limit of every build step's container"),
             retention_days=_int(
                 env, "RETENTION_DAYS", 30, low=1, high=36500,
                 meaning="days finished builds and their logs are kept",
@@ -203,6 +216,28 @@ class Config:
             image_name=_image_name(env),
             github_client_id=client_id,
             github_client_secret=client_secret,
+        )
+        _check_build_limits(config)
+        return config
+
+
+# The engine refuses a smaller memory limit ("Minimum memory limit allowed is 6MB").
+MIN_BUILD_MEMORY = 6 * 1024**2
+
+
+def _check_build_limits(config: Config) -> None:
+    if config.build_memory < MIN_BUILD_MEMORY:
+        raise ConfigError(
+            f"BUILD_MEMORY must be at least 6m (the Docker engine's smallest memory limit), "
+            f"not {format_size(config.build_memory)}; 4g suits most builds.",
+            variable="BUILD_MEMORY",
+        )
+    if config.build_timeout > config.build_timeout_max:
+        raise ConfigError(
+            f"BUILD_TIMEOUT ({config.build_timeout} s) is more than BUILD_TIMEOUT_MAX "
+            f"({config.build_timeout_max} s), the most any build may take: lower BUILD_TIMEOUT "
+            "or raise BUILD_TIMEOUT_MAX.",
+            variable="BUILD_TIMEOUT",
         )
 
 

@@ -26,6 +26,8 @@ class FailureKind(enum.StrEnum):
     REFERENCE = "reference"
     DOCKERFILE = "dockerfile"
     BUILD_STEP = "build_step"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
     PUSH = "push"
     REGISTRY = "registry"
     ENGINE = "engine"
@@ -73,6 +75,17 @@ KINDS: dict[FailureKind, _KindInfo] = {
         "a build step", Cause.REPOSITORY,
         f"The end of the build log is below. Reproduce with `docker build` and {_NEW_PR}.",
     ),
+    FailureKind.TIMEOUT: _KindInfo(
+        "the time limit (the build ran too long)", Cause.REPOSITORY,
+        "The end of the build log below shows the step that was running. Make it finish "
+        "sooner (a step that waits for input or the network hangs) in a new pull request, or "
+        f"raise the limit where the message above says; {_RERUN}.",
+    ),
+    FailureKind.OUT_OF_MEMORY: _KindInfo(
+        "the memory limit (a build step ran out of memory)", Cause.REPOSITORY,
+        "Make the step use less memory in a new pull request, or ask the Slipway operator to "
+        f"raise `BUILD_MEMORY` (the memory limit of every build step); {_RERUN}.",
+    ),
     FailureKind.PUSH: _KindInfo(
         "the push to the registry", Cause.INFRASTRUCTURE,
         "Nothing to change in the repository: check that the registry is up and accepts "
@@ -110,6 +123,8 @@ _BUILDER_KINDS = {
     "ContextNotFound": FailureKind.DOCKERFILE,
     "DockerfileNotFound": FailureKind.DOCKERFILE,
     "BuildFailed": FailureKind.BUILD_STEP,
+    "BuildOutOfMemory": FailureKind.OUT_OF_MEMORY,
+    "BuildTimedOut": FailureKind.TIMEOUT,
     "PushFailed": FailureKind.PUSH,
     "EngineUnreachable": FailureKind.ENGINE,
     "RegistryUnreachable": FailureKind.REGISTRY,
@@ -179,6 +194,11 @@ class Failure:
         if self.cause is Cause.REPOSITORY:
             return f"Change what the message above says: {_NEW_PR}."
         return f"Nothing to change in the repository: {_CHOOSE_RERUN} once it is fixed."
+
+    @property
+    def conclusion(self) -> str:
+        """The check run's conclusion: `timed_out` past the time limit, else `failure`."""
+        return "timed_out" if self.kind is FailureKind.TIMEOUT else "failure"
 
     @property
     def status_state(self) -> str:

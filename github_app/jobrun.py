@@ -209,36 +209,44 @@ class JobRun:
 
     def _build_service(self, service: Service, build: Build, root: Path) -> Outcome:
         config = self.config
-        buildlog = BuildLogFile(config.data_dir, build.id,
-                                secrets=(config.registry_password, config.webhook_secret))
-        version = None
-        try:
-            version = self._version(service)
-            self.store.update_build(build.id, version=version.tag,
-                                    version_source=version.explanation)
-            self._check_version_is_free(service, version)
-            buildlog.append(f"Slipway: building {service.name}:{version.tag} "
-                            f"({version.explanation}) from {build.merge_sha}")
-            result = self.worker.build_artifact(
-                service.name,
-                version.tag,
-                service.type,
-                context=str(root / service.context),
-                dockerfile=service.dockerfile,
-                registry=config.registry,
-                network=config.build_network,
-                on_log=buildlog.append,
-                revision=build.merge_sha,
-                source=self.request.html_url,
-                username=config.registry_username,
-                password=config.registry_password,
-                docker_client=self.worker.docker_client,
-                engine_settings=config.engine,
-            )
-        except (builder.BuilderError, SlipwayError) as exc:
-            buildlog.append(f"Slipway: {exc}")
-            return failure_outcome(exc, version=version, log_tail=buildlog.tail(LOG_TAIL_BYTES))
-        buildlog.append(f"Slipway: pushed {result.reference}")
+        limit = service.time_limit(config.build_timeout, config.build_timeout_max)
+        with BuildLogFile(config.data_dir, build.id,
+                          secrets=(config.registry_password, config.webhook_secret)) as buildlog:
+            version = None
+            try:
+                version = self._version(service)
+                self.store.update_build(build.id, version=version.tag,
+                                        version_source=version.explanation)
+                self._check_version_is_free(service, version)
+                buildlog.append(f"Slipway: building {service.name}:{version.tag} "
+                                f"({version.explanation}) from {build.merge_sha}, "
+                                f"time limit {limit.seconds} s")
+                result = self.worker.build_artifact(
+                    service.name,
+                    version.tag,
+                    service.type,
+                    context=str(root / service.context),
+                    dockerfile=service.dockerfile,
+                    registry=config.registry,
+                    network=config.build_network,
+                    on_log=buildlog.append,
+                    revision=build.merge_sha,
+                    source=self.request.html_url,
+                    username=config.registry_username,
+                    password=config.registry_password,
+                    docker_client=self.worker.docker_client,
+                    engine_settings=config.engine,
+                    memory=config.build_memory,
+                    timeout=limit.seconds,
+                )
+            except (builder.BuilderError, SlipwayError) as exc:
+                buildlog.append(f"Slipway: {exc}")
+                outcome = failure_outcome(exc, version=version,
+                                          log_tail=buildlog.tail(LOG_TAIL_BYTES))
+                if isinstance(exc, builder.BuildTimedOut):
+                    outcome = _with_message(outcome, f"{exc} The limit is {limit.source}.")
+                return outcome
+            buildlog.append(f"Slipway: pushed {result.reference}")
         return Outcome(BuildState.SUCCEEDED, version=version, result=result,
                        log_tail=result.log_tail)
 
@@ -304,6 +312,10 @@ def failure_outcome(exc: Exception, *, version: Version | None = None,
     failure = reporting.Failure.from_error(exc, log_tail=log_tail)
     state = BuildState.FAILED if failure.cause == REPOSITORY else BuildState.ERRORED
     return Outcome(state, failure=failure, version=version, log_tail=failure.log_tail)
+
+
+def _with_message(outcome: Outcome, message: str) -> Outcome:
+    return replace(outcome, failure=replace(outcome.failure, message=message))
 
 
 def _moment(timestamp: float | None) -> datetime:

@@ -152,7 +152,7 @@ def check_run_failed(
     if failure.log_tail.strip():
         output["text"] = log_block(failure.log_tail, OUTPUT_LIMIT)
     return _completed(
-        conclusion="failure",
+        conclusion=failure.conclusion,
         completed_at=completed_at,
         details_url=details_url,
         output=output,

@@ -8,6 +8,7 @@ root. With the file:
         context: services/orders
         dockerfile: Dockerfile  # relative to context
         type: docker          # docker | ami
+        timeout: 900          # seconds the build may take (BUILD_TIMEOUT when absent)
 
 Pure: no network, disk, clock or Flask globals. Errors are `ServiceConfigError`
 naming the entry and field and saying how to fix them.
@@ -28,7 +29,7 @@ from builder import image_name_for as builder_image_name_for
 from github_app.errors import ServiceConfigError
 
 CONFIG_PATH = ".github/slipway.yml"
-FIELDS = ("name", "context", "dockerfile", "type")
+FIELDS = ("name", "context", "dockerfile", "type", "timeout")
 
 # A path component of a Docker image name:
 # https://github.com/distribution/reference/blob/main/reference.go
@@ -50,6 +51,23 @@ class Service:
     context: str = "."
     dockerfile: str = "Dockerfile"
     type: ServiceType = ServiceType.DOCKER
+    timeout: int | None = None  # seconds, from `timeout:`; None: the operator's BUILD_TIMEOUT
+
+    def time_limit(self, default: int, maximum: int) -> TimeLimit:
+        """How long this service's build may run, and where that number comes from."""
+        if self.timeout is None:
+            return TimeLimit(default, (
+                f"`BUILD_TIMEOUT` ({default} s), Slipway's setting: give the service a "
+                f"`timeout:` in `{CONFIG_PATH}` (up to {maximum} s) or ask the operator to "
+                "raise `BUILD_TIMEOUT`"))
+        if self.timeout > maximum:
+            return TimeLimit(maximum, (
+                f"`BUILD_TIMEOUT_MAX` ({maximum} s): the `timeout: {self.timeout}` of "
+                f"service `{self.name}` in `{CONFIG_PATH}` asks for more than Slipway allows; "
+                "ask the operator to raise `BUILD_TIMEOUT_MAX`"))
+        return TimeLimit(self.timeout, (
+            f"the `timeout: {self.timeout}` of service `{self.name}` in `{CONFIG_PATH}`: "
+            f"raise it there (up to `BUILD_TIMEOUT_MAX`, {maximum} s)"))
 
     def check_run_name(self, total: int) -> str:
         """The check run's name; it never changes, since branch protection requires it by name."""
@@ -59,6 +77,12 @@ class Service:
     def dockerfile_path(self) -> str:
         """The Dockerfile relative to the repository root."""
         return posixpath.normpath(posixpath.join(self.context, self.dockerfile))
+
+
+@dataclass(frozen=True)
+class TimeLimit:
+    seconds: int
+    source: str  # what set it, and how to change it
 
 
 def image_name_for(repository_name: str) -> str:
@@ -145,6 +169,8 @@ def _service(entry: Any, number: int, repository_name: str, *, single: bool) -> 
             entry=number,
             field=unknown[0],
         )
+    entry = dict(entry)
+    timeout = entry.pop("timeout", None)  # the one field that is a number
     for key, value in entry.items():
         if not isinstance(value, str) or not value.strip():
             raise ServiceConfigError(
@@ -170,6 +196,8 @@ def _service(entry: Any, number: int, repository_name: str, *, single: bool) -> 
             entry=number,
             field="name",
         )
+    if timeout is not None:
+        timeout = _timeout(timeout, where, number)
     context = _inside_repository(entry.get("context", "."), where, number, "context")
     dockerfile = entry.get("dockerfile", "Dockerfile").strip()
     _inside_repository(posixpath.join(context, dockerfile), where, number, "dockerfile")
@@ -185,7 +213,19 @@ def _service(entry: Any, number: int, repository_name: str, *, single: bool) -> 
         context=context,
         dockerfile=posixpath.normpath(dockerfile),
         type=ServiceType(kind),
+        timeout=timeout,
     )
+
+
+def _timeout(value: Any, where: str, number: int) -> int:
+    """`timeout:` in whole seconds, at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ServiceConfigError(
+            f"{where}: `timeout` must be a whole number of seconds such as 900, not {value!r}.",
+            entry=number,
+            field="timeout",
+        )
+    return value
 
 
 def _inside_repository(path: str, where: str, number: int, field: str) -> str:

@@ -157,6 +157,11 @@ def test_setup_mode_still_checks_values_that_are_given():
         ("TARGET_BRANCH", "refs/heads/develop"),
         ("REGISTRY", "http://localhost:5000"),
         ("LOG_LEVEL", "loud"),
+        ("BUILD_TIMEOUT", "30m"),
+        ("BUILD_TIMEOUT", "0"),
+        ("BUILD_TIMEOUT_MAX", "-1"),
+        ("BUILD_MEMORY", "lots"),
+        ("BUILD_MEMORY", "1m"),
     ],
 )
 def test_a_malformed_value_is_named_with_the_fix(environ, variable, value):
@@ -168,6 +173,35 @@ def test_a_malformed_value_is_named_with_the_fix(environ, variable, value):
     assert message.startswith(variable)
     assert "\n" not in message
     assert "must be" in message
+
+
+def test_build_limits_default_to_the_design_and_are_read(environ):
+    """BUILD_TIMEOUT 1800 s, BUILD_TIMEOUT_MAX 7200 s, BUILD_MEMORY 4g; each variable is read."""
+    config = Config.from_env(environ)
+    assert (config.build_timeout, config.build_timeout_max) == (1800, 7200)
+    assert config.build_memory == 4 * 1024**3
+    environ.update(BUILD_TIMEOUT="600", BUILD_TIMEOUT_MAX="900", BUILD_MEMORY="512m")
+    config = Config.from_env(environ)
+    assert (config.build_timeout, config.build_timeout_max) == (600, 900)
+    assert config.build_memory == 512 * 1024**2
+
+
+def test_a_build_timeout_over_its_maximum_is_refused(environ):
+    environ.update(BUILD_TIMEOUT="9000")
+    error = error_for(environ)
+    assert error.variable == "BUILD_TIMEOUT" and "BUILD_TIMEOUT_MAX" in str(error)
+
+
+def test_docker_engine_settings_are_read_here(environ):
+    """DOCKER_HOST, DOCKER_API_VERSION, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH: the engine's."""
+    environ.update(DOCKER_HOST="tcp://10.0.0.5:2376", DOCKER_API_VERSION="1.41",
+                   DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH="/etc/docker/certs")
+    engine = Config.from_env(environ).engine
+    assert (engine.host, engine.api_version) == ("tcp://10.0.0.5:2376", "1.41")
+    assert (engine.tls_verify, engine.cert_path) == (True, "/etc/docker/certs")
+    assert engine.environment() == {"DOCKER_HOST": "tcp://10.0.0.5:2376",
+                                    "DOCKER_TLS_VERIFY": "1",
+                                    "DOCKER_CERT_PATH": "/etc/docker/certs"}
 
 
 def test_registry_credentials_come_in_pairs(environ):

@@ -106,3 +106,30 @@ def test_invalid_config_says_which_entry_and_field(text, entry, field, words):
     assert (error.entry, error.field) == (entry, field)
     if entry is not None:
         assert f"service #{entry}" in str(error)
+
+
+def test_timeout_is_read_in_seconds():
+    """`timeout: 900` gives the service a 900 s limit; without it, none of its own."""
+    services = parse_services(
+        "services:\n  - name: orders\n    timeout: 900\n  - name: web\n",
+        repository_name="shop")
+    assert [s.timeout for s in services] == [900, None]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "'15m'", "1.5", "true", "[]"])
+def test_a_timeout_that_is_not_whole_seconds_is_refused(value):
+    with pytest.raises(ServiceConfigError, match="`timeout` must be a whole number") as caught:
+        parse_services(f"services:\n  - name: orders\n    timeout: {value}\n",
+                       repository_name="shop")
+    assert caught.value.field == "timeout"
+
+
+def test_the_time_limit_says_where_it_comes_from_and_is_capped():
+    """BUILD_TIMEOUT when the service sets none; the service's own up to BUILD_TIMEOUT_MAX."""
+    default = Service(name="orders").time_limit(1800, 7200)
+    assert default.seconds == 1800 and "BUILD_TIMEOUT" in default.source
+    own = Service(name="orders", timeout=900).time_limit(1800, 7200)
+    assert own.seconds == 900 and "timeout: 900" in own.source
+    assert ".github/slipway.yml" in own.source
+    capped = Service(name="orders", timeout=9000).time_limit(1800, 7200)
+    assert capped.seconds == 7200 and "BUILD_TIMEOUT_MAX" in capped.source
