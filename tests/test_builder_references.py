@@ -13,6 +13,8 @@ from builder.references import (
     classify_push_error,
     dockerfile_with_labels,
     image_name_for,
+    killed,
+    out_of_memory_message,
     parse_build_chunk,
     parse_push_chunk,
     push_failed,
@@ -175,9 +177,18 @@ def test_every_error_has_a_blame_and_is_exported():
     classes = [getattr(builder, name) for name in builder.__all__
                if isinstance(getattr(builder, name), type)
                and issubclass(getattr(builder, name), Exception)]
-    assert len(classes) == 9
+    assert len(classes) == 12
     for cls in classes:
         assert issubclass(cls, builder.BuilderError)
         assert cls.blame in ("repository", "infrastructure")
     assert builder.BuildFailed.blame == "repository"
     assert builder.PushFailed.blame == "infrastructure"
+    assert builder.BuildTimedOut.blame == builder.BuildOutOfMemory.blame == "repository"
+
+
+def test_exit_code_137_is_read_as_killed():
+    """The classic builder's words for a step ended by SIGKILL, and only those."""
+    assert killed("The command '/bin/sh -c make' returned a non-zero code: 137")
+    assert not killed("The command '/bin/sh -c make' returned a non-zero code: 1")
+    assert not killed("The command '/bin/sh -c make' returned a non-zero code: 1370")
+    assert "64 MiB" in out_of_memory_message("Step 2/3 : RUN make", 64 * 1024**2)

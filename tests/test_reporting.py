@@ -299,3 +299,29 @@ def test_an_errors_blame_overrides_its_kind():
     summary = check_run_failed(failure=failure, completed_at=NOW, details_url=DETAILS)[
         "output"]["summary"]
     assert "in the repository" in summary and "new pull request" in summary
+
+
+def test_a_timed_out_build_concludes_timed_out_with_status_failure():
+    """Past its time limit: conclusion `timed_out` (valid for GitHub), status `failure`."""
+    error = builder_errors.BuildTimedOut(
+        "The build ran past its time limit of 30 s and was stopped.", seconds=30,
+        step="Step 2/3 : RUN sleep 600", log_tail="Step 2/3 : RUN sleep 600\n")
+    failure = Failure.from_error(error)
+    body = check_run_failed(failure=failure, completed_at=NOW, details_url=DETAILS)
+    assert_valid(*UPDATE, body)
+    assert body["conclusion"] == "timed_out"
+    assert "time limit" in body["output"]["title"]
+    assert failure.status_state == "failure"
+
+
+def test_a_step_killed_under_the_memory_limit_names_build_memory():
+    error = builder_errors.BuildOutOfMemory(
+        "The build step Step 2/3 : RUN make was killed (exit code 137): it ran out of memory.",
+        memory=64 * 1024**2, step="Step 2/3 : RUN make", log_tail="Killed\n")
+    failure = Failure.from_error(error)
+    body = check_run_failed(failure=failure, completed_at=NOW, details_url=DETAILS)
+    assert_valid(*UPDATE, body)
+    assert body["conclusion"] == "failure"
+    assert "ran out of memory" in body["output"]["title"]
+    assert "`BUILD_MEMORY`" in body["output"]["summary"]
+    assert failure.status_state == "failure"
