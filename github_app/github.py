@@ -263,6 +263,15 @@ class InstallationClient:
             body=body,
         )
 
+    def get_tree_sha(self, owner: str, repo: str, sha: str) -> str:
+        """GET /repos/{owner}/{repo}/git/commits/{sha} -> tree.sha: equal trees, equal shas."""
+        body = self._json(
+            "GET",
+            "/repos/{owner}/{repo}/git/commits/{commit_sha}",
+            ("repos", owner, repo, "git", "commits", sha),
+        )
+        return body["tree"]["sha"]
+
     def get_check_run(self, owner: str, repo: str, check_run_id: int) -> dict:
         """GET /repos/{owner}/{repo}/check-runs/{check_run_id}."""
         return self._json(

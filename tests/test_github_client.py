@@ -255,6 +255,17 @@ def test_get_file_returns_bytes_or_none(fake, sleeps):
     assert client.get_file(OWNER, REPO, ".github", repo.default_sha) is None  # a folder
 
 
+def test_tree_sha_is_equal_for_commits_with_the_same_files(fake, sleeps):
+    """Two commits with the same files have one tree sha; a changed file gives another."""
+    inst, repo = setup_repo(fake, files={"README.md": "hi"})
+    head = repo.default_sha
+    merge = fake.add_commit(OWNER, REPO, files={}, branch="develop")
+    changed = fake.add_commit(OWNER, REPO, files={"README.md": "bye"}, branch="other")
+    client = make_app(fake, sleeps).installation(inst)
+    assert client.get_tree_sha(OWNER, REPO, head) == client.get_tree_sha(OWNER, REPO, merge)
+    assert client.get_tree_sha(OWNER, REPO, changed) != client.get_tree_sha(OWNER, REPO, head)
+
+
 def test_get_pull_request_returns_the_json(fake, sleeps):
     """The pull request comes back as GitHub's JSON, through github3's own call."""
     inst, repo = setup_repo(fake)
