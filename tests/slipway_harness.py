@@ -9,6 +9,7 @@ real Docker engine and registry. Used by the end-to-end tests and benchmarks.
 
 from __future__ import annotations
 
+import copy
 import threading
 import uuid
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from github_app.config import Config
 from github_app.github import GitHubApp
 from github_app.retries import RetryPolicy
 from github_app.worker import Worker
-from tests.payloads import merged_pull_request, to_body, webhook_headers
+from tests.payloads import merged_pull_request, pull_request_event, to_body, webhook_headers
 
 SECRET = "e2e webhook secret"
 
@@ -47,19 +48,47 @@ class Repo:
     def full_name(self) -> str:
         return f"{self.owner}/{self.name}"
 
-    def merged(self, labels=(), title="Add orders endpoint", base_ref="develop", merged=True):
+    def merged(self, labels=(), title="Add orders endpoint", base_ref="develop", merged=True,
+               *, number: int | None = None, head_sha: str | None = None,
+               merge_sha: str | None = None, head_owner: str | None = None):
         """The real `pull_request` `closed` example, pointed at this repository."""
         payload = merged_pull_request(labels=list(labels), title=title, base_ref=base_ref,
-                                      merged=merged, merge_commit_sha=self.merge_sha)
+                                      merged=merged, merge_commit_sha=merge_sha or self.merge_sha)
+        return self._pointed(payload, head_sha=head_sha or self.head_sha, number=number,
+                             head_owner=head_owner)
+
+    def pull_request(self, action: str, labels=(), title="Add orders endpoint", *,
+                     number: int = 12, head_sha: str | None = None, label: str | None = None,
+                     head_owner: str | None = None, changes: dict | None = None,
+                     before: str | None = None):
+        """A real `pull_request` example of an open pull request (`opened`, `labeled`, ...)."""
+        payload = pull_request_event(action, labels=list(labels), title=title, label=label,
+                                     changes=changes, before=before)
+        return self._pointed(payload, head_sha=head_sha or self.head_sha, number=number,
+                             head_owner=head_owner)
+
+    def _pointed(self, payload: dict, *, head_sha: str, number: int | None,
+                 head_owner: str | None) -> dict:
         payload["installation"] = {"id": self.installation_id, "node_id": "MDIzOkludGVncmF0aW9u"}
         repository = payload["repository"]
         repository["name"] = self.name
         repository["full_name"] = self.full_name
         repository["owner"]["login"] = self.owner
         repository["html_url"] = f"https://github.com/{self.full_name}"
+        pr = payload["pull_request"]
         for side in ("base", "head"):
-            payload["pull_request"][side]["repo"] = dict(repository)
-        payload["pull_request"]["head"]["sha"] = self.head_sha
+            pr[side]["repo"] = copy.deepcopy(repository)
+        pr["head"]["sha"] = head_sha
+        if payload.get("action") == "synchronize":
+            payload["after"] = head_sha
+        if number is not None:
+            pr["number"] = payload["number"] = number
+        if head_owner is not None:  # a fork: same name, another owner
+            fork = pr["head"]["repo"]
+            fork["owner"] = copy.deepcopy(fork["owner"])
+            fork["owner"]["login"] = head_owner
+            fork["full_name"] = f"{head_owner}/{self.name}"
+            fork["fork"] = True
         return payload
 
 
@@ -123,9 +152,9 @@ class Harness:
                              headers=webhook_headers(event, body, secret,
                                                      delivery_id=delivery_id))
 
-    def final_check_runs(self, repo: Repo) -> list[dict]:
-        return [run for run in self.fake.check_runs.values()
-                if run.get("head_sha") == repo.head_sha]
+    def final_check_runs(self, repo: Repo, head_sha: str | None = None) -> list[dict]:
+        head_sha = head_sha or repo.head_sha
+        return [run for run in self.fake.check_runs.values() if run.get("head_sha") == head_sha]
 
     def statuses(self, repo: Repo) -> list[dict]:
         return [s.body for s in self.fake.statuses if s.sha == repo.merge_sha]
