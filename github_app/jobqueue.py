@@ -242,6 +242,22 @@ class JobQueue:
             .fetchone()[0]
         )
 
+    def newer_head(self, repository: str, pr_number: int, after_job_id: int,
+                   head_sha: str) -> str | None:
+        """The head of a later job of the same pull request, when it is another commit.
+
+        A newer push supersedes the build of an older head (the newest job wins)."""
+        rows = self._connection().execute(
+            "SELECT request FROM jobs WHERE repository = ? AND kind IN (?, ?) AND id > ?"
+            " ORDER BY id DESC",
+            (repository, JobKind.PRE_MERGE.value, JobKind.MERGE.value, after_job_id),
+        )
+        for row in rows:
+            request = orjson.loads(row["request"])
+            if request.get("pr_number") == pr_number and request.get("head_sha") != head_sha:
+                return request.get("head_sha")
+        return None
+
     def job_counts(self) -> dict[JobState, int]:
         """Jobs per state, every state present (for /metrics)."""
         counts = dict.fromkeys(JobState, 0)

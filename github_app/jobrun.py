@@ -34,6 +34,7 @@ from github_app.jobs import Build, BuildState, Job
 from github_app.reports import LOG_TAIL_BYTES, request_from_job
 from github_app.services import Service, parse_services
 from github_app.source import unpack_tarball
+from github_app.staging import move_floating_tags, publish_staged, remove_stage
 from github_app.versions import Version, VersionSource, resolve_version
 from github_app.webhooks import BuildKind, BuildRequest
 
@@ -53,6 +54,8 @@ class Outcome:
     version: Version | None = None
     result: builder.BuildResult | None = None
     log_tail: str = ""
+    published_from: str | None = None  # the staged reference published without a build
+    floating: tuple[str, ...] = ()  # floating tags moved to the release
 
 
 class JobRun:
@@ -106,6 +109,8 @@ class JobRun:
                       for service, b in builds]
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        if self.request.kind == BuildKind.MERGE:
+            remove_stage(self.worker, self.request)  # the pull request is closed: merged
         return any(state is not BuildState.SUCCEEDED for state in states)
 
     # -- steps ---------------------------------------------------------------
@@ -218,6 +223,18 @@ class JobRun:
                 self.store.update_build(build.id, version=version.tag,
                                         version_source=version.explanation)
                 self._check_version_is_free(service, version)
+                published = None
+                if self.request.kind == BuildKind.MERGE:
+                    published = publish_staged(self.config, self.client, self.store,
+                                               self.request, service.name, version,
+                                               buildlog.append)
+                if published is not None:
+                    result, stage = published
+                    floating = move_floating_tags(self.config, service.name, version,
+                                                  result.digest, buildlog.append)
+                    return Outcome(BuildState.SUCCEEDED, version=version, result=result,
+                                   log_tail=buildlog.tail(LOG_TAIL_BYTES), floating=floating,
+                                   published_from=stage)
                 buildlog.append(f"Slipway: building {service.name}:{version.tag} "
                                 f"({version.explanation}) from {build.merge_sha}, "
                                 f"time limit {limit.seconds} s")
@@ -247,8 +264,10 @@ class JobRun:
                     outcome = _with_message(outcome, f"{exc} The limit is {limit.source}.")
                 return outcome
             buildlog.append(f"Slipway: pushed {result.reference}")
+            floating = move_floating_tags(self.config, service.name, version, result.digest,
+                                          buildlog.append)
         return Outcome(BuildState.SUCCEEDED, version=version, result=result,
-                       log_tail=result.log_tail)
+                       log_tail=result.log_tail, floating=floating)
 
     def _version(self, service: Service) -> Version:
         previous = self.previous.get(service.name)
@@ -289,7 +308,9 @@ class JobRun:
                           version_source=outcome.version.explanation)
         if result is not None:
             fields.update(reference=result.reference, digest=result.digest,
-                          image_id=result.image_id, size=result.size, duration=result.duration)
+                          image_id=result.image_id, size=result.size, duration=result.duration,
+                          published_from=outcome.published_from,
+                          floating_tags=",".join(outcome.floating))
         if outcome.failure is not None:
             fields.update(error=outcome.failure.message, failure_cause=outcome.failure.cause,
                           failure_kind=outcome.failure.kind)

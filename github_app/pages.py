@@ -48,6 +48,8 @@ STATUS_WORDS = {
     BuildState.SUCCEEDED: "succeeded",
     BuildState.FAILED: "failed",
     BuildState.ERRORED: "error",
+    BuildState.CANCELLED: "cancelled",
+    BuildState.SKIPPED: "not built (fork)",
 }
 
 

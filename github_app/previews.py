@@ -11,10 +11,11 @@ function returns a PATCH check-runs/{id} body (add `name` and `head_sha` to POST
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from github_app.floating_tags import STAGING_PREFIX
+from github_app.records import Build, BuildState
 from github_app.reporting import (
     OUTPUT_LIMIT,
     Cause,
@@ -25,7 +26,7 @@ from github_app.reporting import (
     log_block,
     trim_bytes,
 )
-from github_app.versions import Version
+from github_app.versions import Version, VersionSource
 from github_app.webhooks import BUILD_LABEL
 
 # What to do before the merge: the pull request itself is what changes, and a new
@@ -161,3 +162,43 @@ def _completed(conclusion: str, title: str, lines: list[str], completed_at: date
         "output": {"title": trim_bytes(title, 255),
                    "summary": trim_bytes("\n".join(lines), OUTPUT_LIMIT)},
     }
+
+
+def final_report(build: Build, *, details_url: str, log_tail: str) -> dict[str, Any]:
+    """The finished check run of a build before the merge, from its record alone."""
+    completed_at = datetime.fromtimestamp(build.finished_at or build.created_at, UTC)
+    image = _image_of(build)
+    version = None
+    if build.version:
+        version = Version(text=build.version, tag=build.version, source=VersionSource.LABEL,
+                          explanation=build.version_source or "",
+                          reason=build.version_reason or "")
+    if build.state is BuildState.CANCELLED:
+        return cancelled(superseded_by=build.note or "a newer commit", pr_number=build.pr_number,
+                         completed_at=completed_at, details_url=details_url)
+    if build.state is BuildState.SKIPPED and version is not None:
+        return fork_not_built(image=image, version=version, head_owner=build.note or None,
+                              completed_at=completed_at, details_url=details_url)
+    if build.state is BuildState.SUCCEEDED and version is not None and build.staged_reference:
+        floating = [tag for tag in (build.floating_tags or "").split(",") if tag]
+        return staged(image=image, version=version, staged_reference=build.staged_reference,
+                      head_sha=build.head_sha, build_time=timedelta(seconds=build.duration or 0),
+                      floating=floating, completed_at=completed_at, details_url=details_url,
+                      rebuilt=not (build.note or "").startswith("reused:"))
+    failure = Failure(
+        kind=FailureKind(build.failure_kind or FailureKind.INTERNAL),
+        message=build.error or "The build did not finish.",
+        cause=Cause(build.failure_cause or Cause.INFRASTRUCTURE),
+        log_tail=log_tail,
+    )
+    return failed(failure=failure, completed_at=completed_at, details_url=details_url,
+                  version=version, image=image, staged_reference=build.staged_reference,
+                  head_sha=build.head_sha)
+
+
+def _image_of(build: Build) -> str:
+    """The image name: from the staged reference (`REGISTRY/name:pr-12@...`), else the service."""
+    if build.staged_reference:
+        name = build.staged_reference.split("@", 1)[0].rsplit(":", 1)[0]
+        return name.split("/", 1)[1] if "/" in name else name
+    return build.service

@@ -22,9 +22,12 @@ class BuildState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # the repository's fault: version, Dockerfile, build step
     ERRORED = "errored"  # the infrastructure's fault: engine, registry, GitHub
+    CANCELLED = "cancelled"  # before the merge: a newer push superseded the head
+    SKIPPED = "skipped"  # before the merge: a fork's head, not built until a maintainer asks
 
 
-FINISHED_BUILD_STATES = (BuildState.SUCCEEDED, BuildState.FAILED, BuildState.ERRORED)
+FINISHED_BUILD_STATES = (BuildState.SUCCEEDED, BuildState.FAILED, BuildState.ERRORED,
+                         BuildState.CANCELLED, BuildState.SKIPPED)
 
 
 class UnknownBuild(StoreError, LookupError):
@@ -57,10 +60,20 @@ class Build:
     started_at: float | None = None
     finished_at: float | None = None
     reported: bool = False  # GitHub accepted the final check run and status
+    staged_reference: str | None = None  # before the merge: REGISTRY/image:pr-N@sha256:...
+    published_from: str | None = None  # at the merge: the staged reference published, unbuilt
+    floating_tags: str | None = None  # comma-separated: moved (merge) or would move (before)
+    version_reason: str | None = None  # "`semver:minor` over 1.3.2"
+    note: str | None = None  # cancelled: the superseding commit; skipped: the fork's owner
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_BUILD_STATES
+
+    @property
+    def pre_merge(self) -> bool:
+        """A build of a pull request's head before the merge (there is no merge commit yet)."""
+        return not self.merge_sha
 
 
 # Fields update_build may set, with the conversion from Python to a column value.
@@ -80,6 +93,11 @@ _BUILD_UPDATABLE: dict[str, Callable[[Any], Any]] = {
     "started_at": float,
     "finished_at": float,
     "reported": lambda v: int(bool(v)),
+    "staged_reference": str,
+    "published_from": str,
+    "floating_tags": str,
+    "version_reason": str,
+    "note": str,
 }
 FAILURE_CAUSES = ("repository", "infrastructure")
 
@@ -188,8 +206,11 @@ class BuildRecords:
         )
 
     def latest_finished_build(self, repository: str, service: str | None = None) -> Build | None:
-        """The build that finished last (for the badge), of one service if given."""
-        query = "SELECT * FROM builds WHERE repository = ? AND state IN (?, ?, ?)"
+        """The merge build that finished last (for the badge), of one service if given.
+
+        Builds before the merge do not count: the badge is the target branch's."""
+        query = (f"SELECT * FROM builds WHERE repository = ? AND merge_sha != ''"
+                 f" AND state IN ({_marks(FINISHED_BUILD_STATES)})")
         params: list[Any] = [repository, *(s.value for s in FINISHED_BUILD_STATES)]
         if service is not None:
             query += " AND service = ?"
@@ -199,8 +220,17 @@ class BuildRecords:
     def unreported_builds(self) -> list[Build]:
         """Finished builds whose final report did not reach GitHub, oldest first."""
         return self._builds(
-            "SELECT * FROM builds WHERE reported = 0 AND state IN (?, ?, ?) ORDER BY id",
+            f"SELECT * FROM builds WHERE reported = 0"
+            f" AND state IN ({_marks(FINISHED_BUILD_STATES)}) ORDER BY id",
             tuple(s.value for s in FINISHED_BUILD_STATES),
+        )
+
+    def pre_merge_builds(self, repository: str, pr_number: int) -> list[Build]:
+        """The builds of a pull request before its merge, oldest first."""
+        return self._builds(
+            "SELECT * FROM builds WHERE repository = ? AND pr_number = ? AND merge_sha = ''"
+            " ORDER BY id",
+            (repository, pr_number),
         )
 
     def _one_build(self, query: str, params: Any) -> Build | None:
@@ -209,6 +239,10 @@ class BuildRecords:
 
     def _builds(self, query: str, params: Any) -> list[Build]:
         return [_build(row) for row in self._connection().execute(query, params)]
+
+
+def _marks(values) -> str:
+    return ", ".join("?" for _ in values)
 
 
 def _build(row: sqlite3.Row) -> Build:

@@ -17,6 +17,7 @@ the infrastructure (DESIGN.md, "What the user sees").
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -79,27 +80,39 @@ def check_run_succeeded(
     details_url: str,
     name: str | None = None,
     head_sha: str | None = None,
+    published_from: str | None = None,
+    floating_tags: Sequence[str] = (),
 ) -> dict[str, Any]:
     """PATCH check-runs/{id}: `success`, with the pushed reference and a `docker pull` line.
 
-    `reference` is what the builder pushed: `REGISTRY/service:tag@sha256:...`.
+    `reference` is what the builder pushed: `REGISTRY/service:tag@sha256:...`;
+    `published_from` the staged image it was published from without a build, if so.
     """
     image = reference.split("@", 1)[0]
     short_image = image.rsplit("/", 1)[-1]
-    summary = "\n".join(
-        [
-            f"Pushed **`{reference}`**",
-            "",
-            f"- **Version:** `{version.text}`, {version.explanation}",
-            f"- **Tag:** `{version.tag}`",
-            f"- **Built from:** merge commit `{commit_sha}` in {format_duration(build_time)}",
-            f"- **Log:** {details_url}",
-            "",
-            "```sh",
-            f"docker pull {reference}",
-            "```",
-        ]
-    )
+    if published_from:
+        made = (f"- **Published from the pre-merge build:** `{published_from}` (the merge "
+                f"commit `{commit_sha}` has the staged head's tree), with the merge commit's "
+                f"labels, in {format_duration(build_time)}, without building again")
+    else:
+        made = f"- **Built from:** merge commit `{commit_sha}` in {format_duration(build_time)}"
+    lines = [
+        f"Pushed **`{reference}`**",
+        "",
+        f"- **Version:** `{version.text}`, {version.explanation}",
+        f"- **Tag:** `{version.tag}`",
+        made,
+    ]
+    if floating_tags:
+        lines.append(f"- **Floating tags moved:** {', '.join(f'`{t}`' for t in floating_tags)}")
+    lines += [
+        f"- **Log:** {details_url}",
+        "",
+        "```sh",
+        f"docker pull {reference}",
+        "```",
+    ]
+    summary = "\n".join(lines)
     return _completed(
         conclusion="success",
         completed_at=completed_at,
@@ -240,7 +253,8 @@ def final_report(build: Build, *, details_url: str, log_tail: str) -> tuple[dict
         check_run = check_run_succeeded(
             reference=build.reference, version=version, commit_sha=build.merge_sha,
             build_time=timedelta(seconds=build.duration or 0), completed_at=completed_at,
-            details_url=details_url,
+            details_url=details_url, published_from=build.published_from,
+            floating_tags=[tag for tag in (build.floating_tags or "").split(",") if tag],
         )
         status = status_body(
             "success", f"Pushed {build.reference.split('@')[0].rsplit('/', 1)[-1]}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from github_app import reporting
+from github_app import previews, reporting
 from github_app.buildlog import BuildLogFile
 from github_app.errors import GitHubError
 from github_app.jobs import Build, Job, JobStore
@@ -47,7 +47,13 @@ class Reporter:
         details = self.details_url(build.id)
         if log_tail is None:
             log_tail = BuildLogFile(self.config.data_dir, build.id).tail(LOG_TAIL_BYTES)
-        check_run, status = reporting.final_report(build, details_url=details, log_tail=log_tail)
+        if build.pre_merge:
+            # Before the merge there is no merge commit to put a status on.
+            check_run, status = previews.final_report(build, details_url=details,
+                                                      log_tail=log_tail), None
+        else:
+            check_run, status = reporting.final_report(build, details_url=details,
+                                                       log_tail=log_tail)
         try:
             if build.check_run_id is None:
                 # Opening it failed earlier (GitHub down): create it finished.
@@ -58,7 +64,8 @@ class Reporter:
             else:
                 client.update_check_run(request.owner, request.repo, build.check_run_id,
                                         check_run)
-            client.create_status(request.owner, request.repo, build.merge_sha, status)
+            if status is not None:
+                client.create_status(request.owner, request.repo, build.merge_sha, status)
         except GitHubError as exc:
             log.warning("could not report build %s: %s", build.id, exc,
                         extra={"build_id": build.id})

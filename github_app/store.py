@@ -104,8 +104,21 @@ ALTER TABLE builds RENAME COLUMN failure_kind TO failure_cause;
 ALTER TABLE builds RENAME COLUMN summary TO failure_kind
 """
 
+# v4: pull requests before the merge. A pre-merge build records where it staged its
+# image; a merge build whether it was published from that stage and which floating
+# tags it moved; `note` holds what a pre-merge report needs besides (the commit that
+# superseded a cancelled build, the owner of a fork that was not built).
+_SCHEMA_V4 = """
+ALTER TABLE builds ADD COLUMN staged_reference TEXT;
+ALTER TABLE builds ADD COLUMN published_from TEXT;
+ALTER TABLE builds ADD COLUMN floating_tags TEXT;
+ALTER TABLE builds ADD COLUMN version_reason TEXT;
+ALTER TABLE builds ADD COLUMN note TEXT;
+CREATE INDEX IF NOT EXISTS builds_by_pull_request ON builds (repository, pr_number)
+"""
+
 # Migrations from version N to N+1, run in order inside one write transaction.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
 

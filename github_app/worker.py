@@ -17,8 +17,10 @@ from collections.abc import Callable
 import builder
 from github_app import logs, reporting
 from github_app.jobrun import JobRun
-from github_app.jobs import BuildState, Job, JobState, JobStore
+from github_app.jobs import BuildState, Job, JobKind, JobState, JobStore
+from github_app.premerge import PreMergeRun
 from github_app.reports import Reporter, request_from_job
+from github_app.staging import remove_stage
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ class Worker:
         heartbeat = _Heartbeat(self.store, job.id, worker_id)
         heartbeat.start()
         try:
-            failed = JobRun(self, job).execute()
+            failed = self._run_job(job)
             self.store.finish(
                 job.id, JobState.FAILED if failed else JobState.SUCCEEDED, worker_id=worker_id
             )
@@ -116,6 +118,15 @@ class Worker:
             self._fail_unfinished(job, exc)
         finally:
             heartbeat.stop()
+
+    def _run_job(self, job: Job) -> bool:
+        """The job's steps by its kind; True when any of its builds failed."""
+        if job.kind == JobKind.PRE_MERGE:
+            return PreMergeRun(self, job).execute()
+        if job.kind == JobKind.CLOSED:
+            remove_stage(self, request_from_job(job))
+            return False
+        return JobRun(self, job).execute()
 
     def _fail_unfinished(self, job: Job, exc: Exception) -> None:
         """End the builds a crashed job left running, so no check run stays in progress."""

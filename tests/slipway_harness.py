@@ -141,8 +141,9 @@ class Harness:
         name = name or f"svc-{uuid.uuid4().hex[:8]}"
         installation = self.fake.add_installation(account=owner)
         created = self.fake.add_repository(owner, name, files=files, installation_id=installation)
+        head_sha = created.default_sha  # read before the merge commit moves the branch
         merge_sha = self.fake.add_commit(owner, name, files=merge_files or {})
-        return Repo(self, owner, name, installation, created.default_sha, merge_sha)
+        return Repo(self, owner, name, installation, head_sha, merge_sha)
 
     def deliver(self, event: str, payload: dict, *, secret: str | None = SECRET,
                 delivery_id: str | None = None) -> requests.Response:
