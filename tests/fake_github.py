@@ -40,6 +40,7 @@ Python interface:
     fake.rejections                  # [Rejection(method, path, status, message)]
     fake.tokens_issued               # [token JSON returned by POST .../access_tokens]
     fake.fail_next(method, path_regex, status, times=1, headers=None, body=None)
+    fake.delay_next(method, path_regex, seconds, times=1)   # answer late (GitHub timing out)
     fake.add_manifest_code(code) -> the conversion JSON that POST /app-manifests/{code}/conversions
                                     answers once (its pem/id are this fake's App)
     fake.webhook_url, fake.webhook_secret   where the App's deliveries go, what signs them
@@ -53,6 +54,10 @@ Python interface:
 `fail_next` matches `method` ("*" for any) and `re.search(path_regex, path)` where path is
 relative to the API root (no `/api/v3`), and answers `status` with `headers` and `body`
 (dict -> JSON; str/bytes -> sent as is) `times` times, before any other check.
+`delay_next` matches the same way and holds the next `times` matching requests for `seconds`
+before the fake handles them as usual, without holding up other requests meanwhile. Past the
+client's read timeout that is GitHub timing out: the client gives up, yet the request still
+takes effect once handled, as it may on GitHub.
 
 A rejection is any 4xx that the fake decided (bad auth, invalid body, unknown route or object);
 a 404 for a file that is simply absent from a commit is an answer, not a rejection. The HTTP
@@ -285,6 +290,7 @@ class FakeGitHub:
             self.rejections: list[Rejection] = []
             self.manifest_codes: dict[str, dict] = {}
             self._failures: list[dict] = []
+            self._delays: list[dict] = []
             self._rate_used: dict[str, int] = {}
             self._next_id = 1000
             # Where the App's webhook deliveries go, and the secret that signs them.
@@ -392,6 +398,12 @@ class FakeGitHub:
                                    "status": status, "times": times,
                                    "headers": dict(headers or {}), "body": body})
 
+    def delay_next(self, method: str, path_regex: str, seconds: float, times: int = 1) -> None:
+        """Hold the next `times` matching requests for `seconds`, then handle them as usual."""
+        with self._lock:
+            self._delays.append({"method": method.upper(), "regex": re.compile(path_regex),
+                                 "seconds": float(seconds), "times": times})
+
     def send_webhook(self, event: str, payload: dict, *, guid: str | None = None,
                      delivered_at: float | None = None):
         """Deliver an event to `webhook_url` as GitHub does, and log the attempt.
@@ -412,15 +424,32 @@ class FakeGitHub:
     def _wsgi(self, environ, start_response):
         request = Request(environ)
         with self._lock:
+            pause = self._injected_delay(request.method, self._api_path(request.path))
+        if pause:
+            time.sleep(pause)  # outside the lock: the other requests go on meanwhile
+        with self._lock:
             response = self._respond(request)
         return response(environ, start_response)
 
+    def _api_path(self, raw_path: str) -> str:
+        """The path relative to the API root (no `/api/v3`)."""
+        if not raw_path.startswith("/_codeload/") and self.enterprise:
+            return raw_path[len(ENTERPRISE_PREFIX):] if raw_path.startswith(
+                ENTERPRISE_PREFIX + "/") else "/_outside_api_root" + raw_path
+        return raw_path
+
+    def _injected_delay(self, method: str, path: str) -> float:
+        for delay in self._delays:
+            if delay["method"] in ("*", method) and delay["regex"].search(path):
+                delay["times"] -= 1
+                if delay["times"] <= 0:
+                    self._delays.remove(delay)
+                return delay["seconds"]
+        return 0.0
+
     def _respond(self, request: Request) -> Response:
         raw_path = request.path
-        path = raw_path
-        if not raw_path.startswith("/_codeload/") and self.enterprise:
-            path = raw_path[len(ENTERPRISE_PREFIX):] if raw_path.startswith(
-                ENTERPRISE_PREFIX + "/") else "/_outside_api_root" + raw_path
+        path = self._api_path(raw_path)
         record = {"auth": "none", "json": None, "jwt_iss": None, "injected": False}
         try:
             injected = self._injected_failure(request.method, path)

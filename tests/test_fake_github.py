@@ -348,6 +348,29 @@ def test_fail_next_answers_502_then_200(fake, repo):
     assert fake.rejections == []
 
 
+def test_delay_next_times_out_a_client_then_still_takes_effect(fake, repo):
+    """A delayed POST times the client out, yet GitHub creates the check run afterwards."""
+    token = installation_token(fake)
+    fake.delay_next("POST", "check-runs", 1.5)
+    started = time.monotonic()
+    with pytest.raises(requests.ReadTimeout):
+        requests.post(f"{fake.url}/repos/{OWNER}/{REPO}/check-runs", timeout=0.5,
+                      headers={"Authorization": f"token {token}"},
+                      json={"name": "late", "head_sha": repo.default_sha})
+    # Meanwhile the fake answers others at once: the delay holds no lock.
+    assert api(fake, "GET", f"/repos/{OWNER}/{REPO}", token).status_code == 200
+    assert time.monotonic() - started < 1.5
+    deadline = time.monotonic() + 5
+    while not fake.check_runs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [run["name"] for run in fake.check_runs.values()] == ["late"]
+    # Only once: the next request is answered at once.
+    started = time.monotonic()
+    response = api(fake, "POST", f"/repos/{OWNER}/{REPO}/check-runs", token,
+                   json={"name": "prompt", "head_sha": repo.default_sha})
+    assert response.status_code == 201 and time.monotonic() - started < 1.0
+
+
 def test_fail_next_rate_limit_headers_override(fake, repo):
     """An injected 403 carries the headers the test gave, over the default rate-limit ones."""
     token = installation_token(fake)
