@@ -297,6 +297,25 @@ class InstallationClient:
                 return runs
             page += 1
 
+    def list_check_runs_for_ref(self, owner: str, repo: str, ref: str, *,
+                                check_name: str) -> list[dict]:
+        """Every check run named `check_name` on `ref`, older attempts included (all pages)."""
+        runs: list[dict] = []
+        page = 1
+        while True:
+            body = self._json(
+                "GET",
+                "/repos/{owner}/{repo}/commits/{ref}/check-runs",
+                ("repos", owner, repo, "commits", ref, "check-runs"),
+                params={"check_name": check_name, "filter": "all", "per_page": 100,
+                        "page": page},
+            )
+            batch = body.get("check_runs") or []
+            runs.extend(batch)
+            if not batch or len(runs) >= body.get("total_count", 0):
+                return runs
+            page += 1
+
     def create_status(self, owner: str, repo: str, sha: str, body: Mapping) -> dict:
         """POST /repos/{owner}/{repo}/statuses/{sha}; the created status."""
         # Retried like an idempotent call: a repeated status only repeats the latest state.

@@ -174,6 +174,8 @@ class JobRun:
 
     def _start(self, build: Build) -> Build:
         """Mark the build running; open its check run and pending status on GitHub."""
+        # Started before: a crash may have come between GitHub's answer and the record.
+        resumed = build.state is BuildState.RUNNING and build.check_run_id is None
         build = self.store.update_build(build.id, state=BuildState.RUNNING,
                                         started_at=time.time())
         details = self.reporter.details_url(build.id)
@@ -182,6 +184,8 @@ class JobRun:
             external_id=str(build.id), started_at=_moment(build.started_at),
         )
         try:
+            if resumed:
+                build = self.reporter.adopt_check_run(self.client, self.request, build)
             if build.check_run_id is None:
                 created = self.client.create_check_run(self.request.owner, self.request.repo,
                                                        started)

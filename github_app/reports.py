@@ -56,6 +56,8 @@ class Reporter:
                                                        log_tail=log_tail)
         try:
             if build.check_run_id is None:
+                build = self.adopt_check_run(client, request, build)
+            if build.check_run_id is None:
                 # Opening it failed earlier (GitHub down): create it finished.
                 check_run.update(name=build.check_run_name, head_sha=build.head_sha,
                                  external_id=str(build.id))
@@ -72,6 +74,27 @@ class Reporter:
             return False
         self.store.update_build(build.id, reported=True)
         return True
+
+
+    def adopt_check_run(self, client, request: BuildRequest, build: Build) -> Build:
+        """Record the check run an earlier attempt opened for `build`, if GitHub has one.
+
+        A create whose answer never came (GitHub timed out, or the process was
+        killed before the record was written) may still have made the check
+        run. Creating another would leave that one `in_progress` on the pull
+        request for good, so look for ours first: same name, our App, and the
+        build's id as `external_id`."""
+        runs = client.list_check_runs_for_ref(request.owner, request.repo, build.head_sha,
+                                              check_name=build.check_run_name)
+        ours = [run for run in runs
+                if run.get("external_id") == str(build.id)
+                and str((run.get("app") or {}).get("id")) == str(self.config.app_id)]
+        if not ours:
+            return build
+        oldest = min(ours, key=lambda run: run["id"])
+        log.info("build %s: reusing check run %s that an interrupted attempt opened",
+                 build.id, oldest["id"], extra={"build_id": build.id})
+        return self.store.update_build(build.id, check_run_id=oldest["id"])
 
 
 def request_from_job(job: Job) -> BuildRequest:
