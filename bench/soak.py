@@ -668,7 +668,7 @@ def main() -> int:
     parser.add_argument("--max-data-mb", type=float, default=50.0)
     parser.add_argument("--merge-gap", type=float, nargs=2, default=(0.5, 3.0),
                         metavar=("MIN", "MAX"), help="seconds between merges")
-    parser.add_argument("--chaos-gap", type=float, nargs=2, default=(8.0, 25.0),
+    parser.add_argument("--chaos-gap", type=float, nargs=2, default=(15.0, 40.0),
                         metavar=("MIN", "MAX"),
                         help="seconds between two kills or registry restarts")
     parser.add_argument("--fault-gap", type=float, nargs=2, default=(2.0, 6.0),
