@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from github_app.reports import LOG_TAIL_BYTES, request_from_job
 from github_app.services import Service, parse_services
 from github_app.source import unpack_tarball
 from github_app.versions import Version, resolve_version
+from github_app.webhooks import BuildKind, BuildRequest
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +48,14 @@ _BUILD_FAILURES = (reporting.FailureKind.DOCKERFILE, reporting.FailureKind.BUILD
 class PreMergeRun:
     """One pre-merge job: every service of the head, each with its check run."""
 
-    def __init__(self, worker, job: Job, *, rebuild: bool = False):
+    def __init__(self, worker, job: Job, *, request: BuildRequest | None = None,
+                 rebuild: bool = False):
         self.worker = worker
         self.config = worker.config
         self.store = worker.store
         self.reporter = worker.reporter
         self.job = job
-        self.request = request_from_job(job)
+        self.request = request or request_from_job(job)
         self.client = worker.github.installation(self.request.installation_id)
         self.rebuild = rebuild  # a Re-run: build the head again even if it was built
         self._floating: dict[str, list[str]] = {}  # per service: tags the merge would move
@@ -179,8 +182,14 @@ class PreMergeRun:
                                              head_sha=build.head_sha, details_url=details),
         )
         try:
-            created = self.client.create_check_run(self.request.owner, self.request.repo, body)
-            build = self.store.update_build(build.id, check_run_id=created["id"])
+            if build.check_run_id is None:
+                created = self.client.create_check_run(self.request.owner, self.request.repo,
+                                                       body)
+                build = self.store.update_build(build.id, check_run_id=created["id"])
+            else:  # claimed again after a crash: the same check run goes on
+                self.client.update_check_run(self.request.owner, self.request.repo,
+                                             build.check_run_id,
+                                             {k: v for k, v in body.items() if k != "head_sha"})
         except GitHubError as exc:
             log.warning("could not open the check run of build %s: %s", build.id, exc,
                         extra={"build_id": build.id})
@@ -290,6 +299,32 @@ class PreMergeRun:
         root = Path(self.config.data_dir) / "work"
         root.mkdir(parents=True, exist_ok=True)
         return root
+
+
+def rerun_request(store, request: BuildRequest) -> BuildRequest | None:
+    """The pull request a Re-run asks to build again before its merge, if it is one.
+
+    A Re-run of a check that only a pre-merge build reported (its head was not
+    merged) builds that head again; once a merge built the head, the Re-run is the
+    merge's (`jobrun`)."""
+    if request.kind == BuildKind.RERUN_CHECK_RUN:
+        build = None
+        if request.external_id and request.external_id.isdigit():
+            build = store.get_build(int(request.external_id))
+        if build is None and request.check_run_id:
+            build = store.find_build_by_check_run(request.repository, request.check_run_id)
+        builds = [build] if build is not None else []
+    elif request.kind == BuildKind.RERUN_CHECK_SUITE:
+        builds = store.find_builds_by_head_sha(request.repository, request.head_sha)
+    else:
+        return None
+    if not builds or any(not b.pre_merge for b in
+                         store.find_builds_by_head_sha(request.repository, builds[-1].head_sha)):
+        return None
+    job = store.get_job(builds[-1].job_id)
+    if job is None or job.kind != BuildKind.PRE_MERGE:
+        return None
+    return replace(request_from_job(job), delivery_id=request.delivery_id)
 
 
 class _SupersededWatcher:

@@ -18,7 +18,7 @@ import builder
 from github_app import logs, reporting
 from github_app.jobrun import JobRun
 from github_app.jobs import BuildState, Job, JobKind, JobState, JobStore
-from github_app.premerge import PreMergeRun
+from github_app.premerge import PreMergeRun, rerun_request
 from github_app.reports import Reporter, request_from_job
 from github_app.staging import remove_stage
 
@@ -123,6 +123,9 @@ class Worker:
         """The job's steps by its kind; True when any of its builds failed."""
         if job.kind == JobKind.PRE_MERGE:
             return PreMergeRun(self, job).execute()
+        pre_merge = rerun_request(self.store, request_from_job(job))
+        if pre_merge is not None:  # Re-run of a check before the merge: build the head again
+            return PreMergeRun(self, job, request=pre_merge, rebuild=True).execute()
         if job.kind == JobKind.CLOSED:
             remove_stage(self, request_from_job(job))
             return False

@@ -261,3 +261,32 @@ def test_floating_tags_follow_the_highest_release(harness, registry):
     assert digests["2.0.0-rc.1"] not in tag.values()
     rc = only([b for b in builds_of(harness, repo) if b.version == "2.0.0-rc.1"])
     assert not rc.floating_tags
+
+
+def test_rerun_of_a_check_before_the_merge_builds_the_head_again(harness, registry):
+    """"Re-run" on a pre-merge check run builds the head again (nothing reused) and stages it."""
+    from tests.payloads import load_event
+
+    repo = tiny_repo(harness)
+    deliver(harness, repo.pull_request("opened", labels=["version:1.0.0"]))
+    harness.run_worker()
+    first = only(harness.final_check_runs(repo))
+    digest = registry.manifest_digest(repo.name, "pr-12")
+
+    event = load_event("check_run", "rerequested")
+    event["check_run"].update(id=first["id"], head_sha=repo.head_sha,
+                              external_id=first["external_id"], name=first["name"])
+    event["check_run"]["app"]["id"] = harness.fake.app_id
+    event["installation"] = {"id": repo.installation_id, "node_id": "x"}
+    event["repository"].update(name=repo.name, full_name=repo.full_name)
+    event["repository"]["owner"]["login"] = repo.owner
+    deliver(harness, event, event="check_run")
+    harness.run_worker()
+
+    again = max(harness.final_check_runs(repo), key=lambda r: r["id"])
+    assert again["id"] != first["id"] and again["conclusion"] == "success", again["output"]
+    assert "built from head" in again["output"]["summary"]
+    latest = builds_of(harness, repo)[-1]
+    assert latest.pre_merge and latest.note is None  # built, not reused
+    assert registry.manifest_digest(repo.name, "pr-12") != digest
+    assert harness.statuses(repo) == []  # still no status before the merge
