@@ -39,6 +39,8 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
         extras={"wakeup": threading.Event()},
         owners=owners.owners_of(config, credentials.stored_owner(config)),
     )
+    if not config.has_app_credentials:
+        setup.announce_setup_mode(config)
     for blueprint in (pages.bp, health.bp, metrics_module.bp, setup.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = views.WebhookEndpoint(app.wsgi_app, runtime)

@@ -8,7 +8,9 @@
      ├── VersionTaken         the registry holds this version, built from another commit
      ├── ServiceConfigError   a bad `.github/slipway.yml` (`.entry`, `.field`)
      ├── GitHubError          GitHub answered an error or could not be reached (`.status`)
-     └── SourceError          the repository's source archive could not be read or unpacked
+     ├── SourceError          the repository's source archive could not be read or unpacked
+     │    └── SourceRefused   the source holds what Slipway refuses to unpack (`.path`)
+     └── ImageNameTaken       the image name belongs to another repository (`.owner`)
 
 `blame` says whose move it is, as in builder.errors: `"repository"` (the user's
 repository must change: commit status `failure`) or `"infrastructure"` (the
@@ -107,3 +109,33 @@ class GitHubError(SlipwayError):
 
 class SourceError(SlipwayError):
     """The repository's source archive could not be read or was refused while unpacking."""
+
+
+class SourceRefused(SourceError):
+    """The repository's source holds something Slipway refuses to unpack: a link out of the
+    tree, a device, an absolute or `..` path, too many entries or bytes. `.path` names it."""
+
+    blame = REPOSITORY
+
+    def __init__(self, message: str, *, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+class ImageNameTaken(SlipwayError):
+    """The image name resolves to one another repository published first (`.owner`)."""
+
+    blame = REPOSITORY
+
+    def __init__(self, *, image: str, owner: str, repository: str):
+        super().__init__(
+            f"The image name {image} belongs to {owner}, which published it first (the "
+            f"org.opencontainers.image.source label of its tags), so {repository} cannot "
+            "publish under it; nothing was pushed. Either give this service another name "
+            "with `name:` in .github/slipway.yml, or ask Slipway's operator to set "
+            "IMAGE_NAME={owner}/{service} so that each account's images have names of "
+            "their own."
+        )
+        self.image = image
+        self.owner = owner
+        self.repository = repository

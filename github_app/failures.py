@@ -32,6 +32,8 @@ class FailureKind(enum.StrEnum):
     REGISTRY = "registry"
     ENGINE = "engine"
     SOURCE = "source"
+    SOURCE_REFUSED = "source_refused"
+    IMAGE_NAME_TAKEN = "image_name_taken"
     GITHUB = "github"
     INTERNAL = "internal"
 
@@ -104,6 +106,17 @@ KINDS: dict[FailureKind, _KindInfo] = {
         "downloading the source", Cause.INFRASTRUCTURE,
         f"Slipway could not fetch or unpack the commit from GitHub; {_RERUN}.",
     ),
+    FailureKind.SOURCE_REFUSED: _KindInfo(
+        "the repository's files", Cause.REPOSITORY,
+        "Slipway refuses to unpack the path named above: links must stay inside the "
+        "repository, and devices, absolute or `..` paths, too many files or too many bytes "
+        f"are refused. Remove or change it: {_NEW_PR}.",
+    ),
+    FailureKind.IMAGE_NAME_TAKEN: _KindInfo(
+        "the image name (another repository's)", Cause.REPOSITORY,
+        "Choose another name with `name:` in `.github/slipway.yml` (a new pull request), or "
+        f"ask the operator to set `IMAGE_NAME={{owner}}/{{service}}`; {_RERUN}.",
+    ),
     FailureKind.GITHUB: _KindInfo(
         "a request to GitHub", Cause.INFRASTRUCTURE,
         f"GitHub could not be reached or refused a request; when it answers, {_CHOOSE_RERUN}.",
@@ -134,7 +147,9 @@ _SLIPWAY_KINDS = {
     errors.InvalidVersion: FailureKind.VERSION,
     errors.VersionTaken: FailureKind.VERSION_TAKEN,
     errors.ServiceConfigError: FailureKind.SERVICE_CONFIG,
+    errors.SourceRefused: FailureKind.SOURCE_REFUSED,
     errors.SourceError: FailureKind.SOURCE,
+    errors.ImageNameTaken: FailureKind.IMAGE_NAME_TAKEN,
     errors.GitHubError: FailureKind.GITHUB,
 }
 

@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from github_app.errors import REPOSITORY, GitHubError, SourceError
+from github_app.errors import GitHubError, SourceRefused
 from github_app.github_calls import HeaderAuth, NoAuth, Session
 from github_app.retries import RetryPolicy
 from github_app.tokens import TokenCache, api_roots, app_jwt
@@ -426,14 +426,12 @@ def _check_length(response, max_bytes, owner, repo, ref) -> None:
         raise _too_large(max_bytes, owner, repo, ref)
 
 
-def _too_large(max_bytes: int, owner: str, repo: str, ref: str) -> SourceError:
-    error = SourceError(
+def _too_large(max_bytes: int, owner: str, repo: str, ref: str) -> SourceRefused:
+    return SourceRefused(
         f"The source archive of {owner}/{repo} at {ref[:12]} is larger than "
         f"{max_bytes // 1024**2} MiB ({max_bytes} bytes), the most Slipway downloads; "
         "keep large files out of the repository (Git LFS or an artifact store)"
     )
-    error.blame = REPOSITORY
-    return error
 
 
 def _is_json(response: requests.Response) -> bool:

@@ -1,6 +1,11 @@
 """Create the GitHub App from its manifest, as Probot does, and use it without a restart.
 
-- `GET /setup`: while Slipway has no App credentials, a page whose button posts
+- The setup token: in setup mode Slipway makes a random token, stores it in
+  `DATA_DIR/setup-token` (0600) and prints `/setup?token=...` in its log. `/setup`
+  without it answers 401 and shows no manifest form, so whoever reaches
+  PUBLIC_URL first cannot become the App. Once an App is configured, `/setup`
+  and `/setup/callback` answer 404 and the token file is removed.
+- `GET /setup?token=`: while Slipway has no App credentials, a page whose button posts
   the manifest (webhook, redirect and home URLs filled from PUBLIC_URL) to
   GitHub's "new App" page, for the user or for an organization (`?org=`).
   Once the App exists it says so and links to it.
@@ -21,9 +26,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import re
 import secrets
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -55,6 +62,7 @@ PERMISSIONS = {
 }
 EVENTS = ("pull_request", "check_run", "check_suite")
 STATE_COOKIE = "slipway_setup_state"
+TOKEN_FILE = "setup-token"
 # GitHub's manifest codes expire after an hour; the state lives as long.
 STATE_MAX_AGE = 3600
 CONVERSION_TIMEOUT = 15
@@ -112,6 +120,61 @@ def _is_web_url(url: str) -> bool:
 def states_match(expected: str | None, given: str | None) -> bool:
     """The callback's `state` equals the one handed to this browser (constant time)."""
     return bool(expected and given) and hmac.compare_digest(expected, given)
+
+
+# -- the setup token --------------------------------------------------------------
+
+
+def token_path(data_dir) -> Path:
+    return Path(data_dir) / TOKEN_FILE
+
+
+def ensure_setup_token(data_dir) -> str:
+    """The setup token of DATA_DIR: read, or made (0600 from its first byte) when absent.
+
+    Every web process of one DATA_DIR shares the file, so all accept the same token."""
+    path = token_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        existing = read_setup_token(data_dir)
+        if existing:
+            return existing
+        path.unlink(missing_ok=True)  # empty or unreadable: make a new one
+        return ensure_setup_token(data_dir)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(token + "\n")
+    return token
+
+
+def read_setup_token(data_dir) -> str | None:
+    try:
+        return token_path(data_dir).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def announce_setup_mode(config) -> str | None:
+    """Make (or reuse) the setup token and print the link that opens setup with it."""
+    try:
+        token = ensure_setup_token(config.data_dir)
+    except OSError as exc:
+        log.error("Slipway has no GitHub App yet, and the setup token cannot be written to %s "
+                  "(%s): make DATA_DIR writable and restart to set it up",
+                  token_path(config.data_dir), exc.strerror or exc)
+        return None
+    # WARNING, so that LOG_LEVEL=WARNING still shows the way in.
+    log.warning("Slipway has no GitHub App yet: open %s/setup?token=%s to create it (the token "
+                "is also in %s)", config.public_url, token, token_path(config.data_dir))
+    return token
+
+
+def token_matches(data_dir, given: str | None) -> bool:
+    expected = read_setup_token(data_dir)
+    return bool(expected and given) and hmac.compare_digest(expected.encode(), given.encode())
 
 
 # -- GitHub -------------------------------------------------------------------
@@ -236,7 +299,15 @@ def show_setup():
     runtime = current_runtime()
     config = runtime.config
     if config.has_app_credentials:
-        return _done_page(runtime, just_created=False)
+        return _not_found()
+    token = request.args.get("token") or ""
+    if not token_matches(config.data_dir, token):
+        return _error_page(
+            401, "The setup link is needed",
+            "Creating the GitHub App needs the setup token, so that only whoever runs "
+            "Slipway can do it. Open the link Slipway printed in its log at start "
+            "(/setup?token=...), or add ?token= with the contents of the file setup-token "
+            "in Slipway's data directory (DATA_DIR).")
     org = (request.args.get("org") or "").strip() or None
     if org is not None and not _ORG.fullmatch(org):
         return _error_page(400, "Not an organization name",
@@ -259,6 +330,7 @@ def show_setup():
         public_url=config.public_url,
         reachable=is_reachable_by_github(config.public_url),
         github=github_web_url(config.api_url),
+        token=token,
     ))
     response.set_cookie(
         STATE_COOKIE, state, max_age=STATE_MAX_AGE, path="/setup", httponly=True,
@@ -273,7 +345,7 @@ def finish_setup():
     config = runtime.config
     if config.has_app_credentials:
         # A reload of the callback, or a second tab: the App exists, nothing to exchange.
-        return _done_page(runtime, just_created=False)
+        return _not_found()
     if not states_match(request.cookies.get(STATE_COOKIE), request.args.get("state")):
         return _error_page(
             400, "This setup link is not from this browser",
@@ -299,6 +371,7 @@ def finish_setup():
     log.info("GitHub App %s (id %s) created from the manifest; credentials stored in %s",
              stored.get("slug"), stored.get("id"), credentials.credentials_path(config.data_dir))
     adopt_credentials(runtime, stored)
+    token_path(config.data_dir).unlink(missing_ok=True)
     response = _done_page(runtime, just_created=True)
     response.delete_cookie(STATE_COOKIE, path="/setup")
     return response
@@ -320,6 +393,10 @@ def _done_page(runtime: Any, *, just_created: bool) -> Response:
         install=install_url(html_url) if html_url else None,
         public_url=runtime.config.public_url,
     ))
+
+
+def _not_found() -> Response:
+    return _error_page(404, "Not found", "There is nothing here.")
 
 
 def _error_page(status: int, title: str, message: str) -> Response:

@@ -4,19 +4,27 @@ GitHub's tarball of a commit holds one top folder (`owner-repo-sha7/`); the
 files of the repository are below it. The archive comes from the network and
 the repository's authors control its content, so nothing in it may write
 outside the destination: absolute paths, `..`, links that leave the tree,
-device files and FIFOs are refused, and so is an archive that unpacks to more
-than a size cap (a "tar bomb"). Disk only; no network."""
+device files and FIFOs are refused, and so is an archive with too many entries
+or that unpacks to more than a size cap (a "tar bomb").
+
+What the repository holds is the repository's to fix: those refusals raise
+`SourceRefused` (status `failure`, the offending path named). An archive that
+cannot be read at all (a broken download) is a `SourceError` of the
+infrastructure. Disk only; no network."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from github_app.errors import SourceError
+from github_app.errors import SourceError, SourceRefused
 
 DEFAULT_MAX_UNPACKED_BYTES = 2 * 1024**3
 DEFAULT_MAX_MEMBERS = 200_000
+# Errors of the build host, not of the archive: a full or broken disk.
+_HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM}
 
 
 def unpack_tarball(
@@ -34,27 +42,65 @@ def unpack_tarball(
     try:
         with tarfile.open(archive, mode="r:*") as tar:
             for count, member in enumerate(tar, start=1):
-                if count > max_members:
-                    raise SourceError(
-                        f"The source archive holds more than {max_members} entries; "
-                        "Slipway refuses it to protect the build host."
-                    )
                 if member.name in ("pax_global_header",) or member.type in (
                     tarfile.XGLTYPE,
                     tarfile.XHDTYPE,
                 ):
                     continue
+                shown = _shown(member.name)
+                if count > max_members:
+                    raise SourceRefused(
+                        f"The repository holds more than {max_members} files and folders "
+                        f"(the limit was passed at {shown}); Slipway refuses it to protect "
+                        "the build host.",
+                        path=shown,
+                    )
                 _check_member(member, root)
                 total += max(member.size, 0)
                 if total > max_unpacked_bytes:
-                    raise SourceError(
-                        f"The source unpacks to more than {max_unpacked_bytes // 1024**2} MiB; "
-                        "Slipway refuses it. Keep large files out of the repository "
-                        "(Git LFS or an artifact store)."
+                    raise SourceRefused(
+                        f"The repository unpacks to more than {max_unpacked_bytes // 1024**2} "
+                        f"MiB (the limit was passed at {shown}, {member.size} bytes); Slipway "
+                        "refuses it. Keep large files out of the repository (Git LFS or an "
+                        "artifact store).",
+                        path=shown,
                     )
-                top_folders.add(PurePosixPath(member.name).parts[0])
-                # The "data" filter re-checks every rule above in the standard library.
-                tar.extract(member, root, filter="data")
+                parts = PurePosixPath(member.name).parts
+                if not parts:
+                    if member.isdir():
+                        continue  # "./": the destination itself
+                    raise SourceRefused(
+                        f"The repository holds an entry without a name ({member.name!r}); "
+                        "refused.", path=member.name)
+                top_folders.add(parts[0])
+                try:
+                    # The "data" filter re-checks every rule above in the standard library.
+                    tar.extract(member, root, filter="data")
+                except tarfile.FilterError as exc:
+                    raise SourceRefused(
+                        f"The repository holds {shown}, which would be unpacked outside its "
+                        f"folder or is not a plain file, folder or link ({exc}); refused.",
+                        path=shown,
+                    ) from None
+                except OSError as exc:
+                    if exc.errno in _HOST_ERRNOS:
+                        raise
+                    # A file where a folder is, a name too long...: the archive's doing.
+                    raise SourceRefused(
+                        f"The repository's entry {shown!r} cannot be unpacked "
+                        f"({exc.strerror or exc}); refused.",
+                        path=shown,
+                    ) from None
+                except (KeyError, RecursionError):
+                    # tarfile's answer to a link it cannot make and whose target is not in
+                    # the archive (it then looks for the target among the members).
+                    raise SourceRefused(
+                        f"The repository holds a link, {shown!r} -> "
+                        f"{_shown(member.linkname)!r}, to a file it does not hold; refused.",
+                        path=shown,
+                    ) from None
+    except SourceError:
+        raise
     except tarfile.TarError as exc:
         raise SourceError(f"The source archive from GitHub could not be read: {exc}") from exc
     except OSError as exc:
@@ -66,28 +112,45 @@ def unpack_tarball(
     return root
 
 
+def _shown(name: str) -> str:
+    """The member's path as the repository knows it: without GitHub's top folder."""
+    parts = name.split("/", 1)
+    shown = parts[1] if len(parts) == 2 and parts[1] else name
+    # A hostile name may hold control characters or be huge: keep the message readable.
+    shown = shown.encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= 200 else shown[:200] + "..."
+
+
 def _check_member(member: tarfile.TarInfo, root: Path) -> None:
     name = member.name
+    shown = _shown(name)
     path = PurePosixPath(name)
     if path.is_absolute() or name.startswith(("/", "\\")):
-        raise SourceError(f"The source archive holds an absolute path ({name!r}); refused.")
+        raise SourceRefused(
+            f"The repository holds an absolute path, {name!r}; refused.", path=name)
     if ".." in path.parts:
-        raise SourceError(
-            f"The source archive holds a path that leaves its folder ({name!r}); refused."
+        raise SourceRefused(
+            f"The repository holds a path that leaves its folder, {shown!r}; refused.",
+            path=shown,
         )
     if member.isdev() or member.isfifo():
-        raise SourceError(f"The source archive holds a device or FIFO ({name!r}); refused.")
+        raise SourceRefused(
+            f"The repository holds a device or FIFO, {shown!r}; refused.", path=shown)
     if member.issym() or member.islnk():
         target = member.linkname
+        if not target:
+            raise SourceRefused(
+                f"The repository holds a link without a target, {shown!r}; refused.", path=shown)
         if member.issym():
             base = (root / path).parent
             resolved = os.path.normpath(os.path.join(base, target))
         else:
             resolved = os.path.normpath(os.path.join(root, target))
         if os.path.isabs(target) or not _inside(Path(resolved), root):
-            raise SourceError(
-                f"The source archive holds a link that leaves the repository "
-                f"({name!r} -> {target!r}); refused."
+            raise SourceRefused(
+                f"The repository holds a link that leaves it, {shown!r} -> {target!r}; "
+                "refused.",
+                path=shown,
             )
 
 

@@ -350,7 +350,8 @@ class FakeGitHub:
                 if content is None:
                     tree.pop(path, None)
                 else:
-                    tree[path] = content.encode() if isinstance(content, str) else bytes(content)
+                    tree[path] = (content if isinstance(content, shapes.Symlink) else
+                                  content.encode() if isinstance(content, str) else bytes(content))
             sha = secrets.token_hex(20)
             repo.commits[sha] = tree
             repo.parents[sha] = [parent] if parent else []

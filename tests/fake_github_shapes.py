@@ -281,6 +281,10 @@ def pull_request(api: str, repo, repo_shape: dict, pr: dict) -> dict:
     return shape
 
 
+class Symlink(bytes):
+    """A file of a commit that is a symbolic link (git mode 120000); its bytes are the target."""
+
+
 def tarball(owner: str, name: str, sha: str, files: dict[str, bytes]) -> bytes:
     """A gzip tar as GitHub serves it: one top folder `{owner}-{repo}-{sha[:7]}/`.
 
@@ -303,6 +307,11 @@ def tarball(owner: str, name: str, sha: str, files: dict[str, bytes]) -> bytes:
         for path in sorted(files):
             data = files[path]
             info = tarfile.TarInfo(f"{top}/{path}")
+            if isinstance(data, Symlink):
+                info.type, info.linkname = tarfile.SYMTYPE, data.decode()
+                info.mode, info.mtime = 0o777, mtime
+                archive.addfile(info)
+                continue
             info.size, info.mode, info.mtime = len(data), 0o664, mtime
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()

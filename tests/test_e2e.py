@@ -449,3 +449,20 @@ def test_a_merge_in_an_account_that_is_not_allowed_makes_no_github_call(harness,
     assert harness.fake.requests == []
     assert harness.store.recent_builds() == []
     assert registry.tags(repo.name) == []
+
+
+def test_a_link_out_of_the_repository_is_the_repositorys_failure(harness, registry):
+    """A symlink leaving the tree fails the build with status `failure`, naming the path."""
+    from fake_github_shapes import Symlink
+
+    repo = tiny_repo(harness, **{"config/secrets": Symlink(b"../../../../etc/shadow")})
+    harness.deliver("pull_request", repo.merged(labels=["version:1.0.0"]))
+    harness.run_worker()
+    run = only(harness.final_check_runs(repo))
+    assert run["conclusion"] == "failure"
+    text = run["output"]["summary"] + (run["output"].get("text") or "")
+    assert "config/secrets" in text and "the repository" in text.lower()
+    assert [s["state"] for s in harness.statuses(repo)] == ["pending", "failure"]
+    assert registry.tags(repo.name) == []
+    build = only(harness.store.recent_builds(repository=repo.full_name))
+    assert build.state is BuildState.FAILED

@@ -70,9 +70,15 @@ def client(app):
     return app.test_client()
 
 
+def setup_link(client, query: str = "") -> str:
+    """/setup with the setup token, as Slipway prints it in its log, and `query` ("?org=x")."""
+    token = setup.read_setup_token(client.application.extensions["slipway"].config.data_dir)
+    return f"/setup{query}{'&' if query else '?'}token={token}"
+
+
 def start_setup(client, query: str = "") -> str:
     """Open /setup as a browser would; return the state GitHub will send back."""
-    response = client.get(f"/setup{query}")
+    response = client.get(setup_link(client, query))
     assert response.status_code == 200
     action = manifest_form(response)["action"]
     return parse_qs(urlsplit(action).query)["state"][0]
@@ -105,7 +111,7 @@ def test_manifest_file_is_what_setup_posts():
 
 def test_setup_page_posts_the_filled_manifest_to_github(client, fake_github):
     """/setup has a button that posts the manifest, with PUBLIC_URL's webhook and callback."""
-    response = client.get("/setup")
+    response = client.get(setup_link(client))
     assert response.status_code == 200
     form = manifest_form(response)
     assert form["action"].startswith(f"{fake_github.url}/settings/apps/new?state=")
@@ -135,7 +141,7 @@ def test_setup_page_posts_the_filled_manifest_to_github(client, fake_github):
 def test_manifest_goes_to_the_github_of_the_api_url(data_dir, api_url, org, expected):
     """github.com for api.github.com, the Enterprise host for HOST/api/v3; ?org= for an org."""
     client = make_app(data_dir, api_url).test_client()
-    response = client.get("/setup" + (f"?org={org}" if org else ""))
+    response = client.get(setup_link(client, f"?org={org}" if org else ""))
     action = manifest_form(response)["action"]
     assert action.split("?")[0] == expected
     web_root = expected.split("/organizations")[0].split("/settings")[0]
@@ -144,14 +150,14 @@ def test_manifest_goes_to_the_github_of_the_api_url(data_dir, api_url, org, expe
 
 def test_setup_page_takes_another_app_name(client):
     """?name= renames the App in the manifest (GitHub App names are unique)."""
-    form = manifest_form(client.get("/setup?name=Slipway+acme"))
+    form = manifest_form(client.get(setup_link(client, "?name=Slipway+acme")))
     manifest = json.loads(form["inputs"]["manifest"])
     assert manifest["name"] == "Slipway acme"
 
 
 def test_bad_organization_name_is_refused(client):
     """?org= with characters GitHub logins never have is a 400, not a link to a wrong page."""
-    response = client.get("/setup?org=acme/../../evil")
+    response = client.get(setup_link(client, "?org=acme/../../evil"))
     assert response.status_code == 400
     assert "not a GitHub organization login" in response.get_data(as_text=True)
 
@@ -160,7 +166,8 @@ def test_setup_page_warns_when_github_cannot_reach_public_url(data_dir):
     """With PUBLIC_URL on localhost, /setup says a tunnel is needed."""
     app = create_app(Config(public_url="http://localhost:8080", data_dir=data_dir),
                      engine_ping=lambda: None)
-    text = app.test_client().get("/setup").get_data(as_text=True)
+    client = app.test_client()
+    text = client.get(setup_link(client)).get_data(as_text=True)
     assert "GitHub cannot reach http://localhost:8080" in text
     assert "smee" in text
 
@@ -207,19 +214,18 @@ def test_full_setup_flow_stores_credentials_and_accepts_signed_webhooks(
     assert client.post("/webhook", data=body, headers=headers).status_code == 401
 
 
-def test_setup_is_done_once(client, fake_github):
-    """After setup, /setup and a replayed callback say it is done and exchange nothing again."""
+def test_setup_is_done_once(client, fake_github, data_dir):
+    """After setup, /setup and a replayed callback answer 404 and exchange nothing again."""
     fake_github.add_manifest_code("once")
+    token = setup.read_setup_token(data_dir)
     state = start_setup(client)
     assert client.get(f"/setup/callback?code=once&state={state}").status_code == 200
 
-    again = client.get("/setup")
-    assert again.status_code == 200
-    assert "Setup is done" in again.get_data(as_text=True)
-    assert not [f for f in read_page(again).forms if f["method"] == "post"]
-    replay = client.get(f"/setup/callback?code=once&state={state}")
-    assert replay.status_code == 200
-    assert "Setup is done" in replay.get_data(as_text=True)
+    assert not setup.token_path(data_dir).exists()
+    for path in ("/setup", f"/setup?token={token}", f"/setup/callback?code=once&state={state}"):
+        again = client.get(path)
+        assert again.status_code == 404
+        assert not [f for f in read_page(again).forms if f["method"] == "post"]
     assert len(conversions(fake_github)) == 1
 
 
@@ -232,7 +238,7 @@ def test_expired_code_shows_what_to_do(client, data_dir, fake_github):
     assert "GitHub does not accept this setup code" in text
     assert "expires after an hour" in text
     assert not (data_dir / "app-credentials.json").exists()
-    assert manifest_form(client.get("/setup"))  # setup can start over
+    assert manifest_form(client.get(setup_link(client)))  # setup can start over
 
 
 def test_unreachable_github_is_a_502(data_dir):
@@ -266,12 +272,13 @@ def test_callback_without_setup_cookie_is_refused(app, fake_github):
 
 
 def test_app_configured_from_the_environment_has_no_setup(data_dir, fake_github):
-    """With GITHUB_APP_ID etc. set, /setup only says it is done."""
+    """With GITHUB_APP_ID etc. set, /setup answers 404 and no setup token is made."""
     app = make_app(data_dir, fake_github.url, app_id="42",
-                   private_key=fake_github.private_key_pem, webhook_secret="s" * 20)
+                   private_key=fake_github.private_key_pem, webhook_secret="s" * 20,
+                   allowed_owners=("*",))
     response = app.test_client().get("/setup")
-    assert response.status_code == 200
-    assert "Setup is done" in response.get_data(as_text=True)
+    assert response.status_code == 404
+    assert not setup.token_path(data_dir).exists()
 
 
 # -- stored credentials, start-up and other processes -------------------------------
@@ -346,11 +353,11 @@ def test_on_credentials_is_called_with_the_new_config(app, client, fake_github):
 
 def test_webhook_url_can_be_a_relay(client):
     """?webhook_url= (a smee.io channel on a laptop) becomes the App's webhook URL."""
-    form = manifest_form(client.get("/setup?webhook_url=https://smee.io/abc123"))
+    form = manifest_form(client.get(setup_link(client, "?webhook_url=https://smee.io/abc123")))
     manifest = json.loads(form["inputs"]["manifest"])
     assert manifest["hook_attributes"]["url"] == "https://smee.io/abc123"
     assert manifest["redirect_url"] == f"{PUBLIC_URL}/setup/callback"
-    assert client.get("/setup?webhook_url=javascript:alert(1)").status_code == 400
+    assert client.get(setup_link(client, "?webhook_url=javascript:alert(1)")).status_code == 400
 
 
 def test_secrets_from_setup_never_reach_the_log_later(client, fake_github):
@@ -399,3 +406,80 @@ def test_home_redirects_to_builds_when_the_environment_gives_the_app(data_dir, f
                    private_key=fake_github.private_key_pem, webhook_secret="s")
     response = app.test_client().get("/")
     assert (response.status_code, response.headers["Location"]) == (302, "/builds")
+
+
+# -- the setup token ------------------------------------------------------------------
+
+
+def test_setup_without_the_token_is_401_and_shows_no_form(client, data_dir):
+    """Whoever reaches PUBLIC_URL first cannot create the App: no token, no manifest form."""
+    for path in ("/setup", "/setup?token=", "/setup?token=wrong", "/setup?org=acme"):
+        response = client.get(path)
+        assert response.status_code == 401
+        assert not [f for f in read_page(response).forms if f["method"] == "post"]
+        assert "setup-token" in response.get_data(as_text=True)
+    assert client.get_cookie(setup.STATE_COOKIE, path="/setup") is None
+    assert manifest_form(client.get(setup_link(client)))
+
+
+def test_the_setup_token_is_private_and_shared_by_every_process(data_dir):
+    """DATA_DIR/setup-token is 0600, and a second process on the same DATA_DIR reuses it."""
+    old = os.umask(0)
+    try:
+        first = make_app(data_dir)
+    finally:
+        os.umask(old)
+    path = setup.token_path(data_dir)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = setup.read_setup_token(data_dir)
+    assert len(token) >= 32
+    make_app(data_dir)
+    assert setup.read_setup_token(data_dir) == token
+    assert first.test_client().get(f"/setup?token={token}").status_code == 200
+
+
+def test_serve_prints_the_setup_link_in_its_log(data_dir, tmp_path):
+    """`python -m github_app serve` in setup mode logs /setup?token=..., which opens setup."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log_path = tmp_path / "serve.log"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GITHUB_")}
+    env.update(DATA_DIR=str(data_dir), PORT=str(port), WORKER_THREADS="0",
+               LOG_LEVEL="WARNING", PUBLIC_URL=f"http://127.0.0.1:{port}")
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "github_app", "serve", "--host",
+                                    "127.0.0.1"], env=env, stdout=log_file, stderr=log_file)
+    try:
+        deadline = time.monotonic() + 30
+        link = None
+        while link is None and time.monotonic() < deadline:
+            for line in log_path.read_text().splitlines():
+                if "/setup?token=" in line:
+                    message = json.loads(line)["message"]
+                    link = message.split(" ")[message.split(" ").index("open") + 1]
+            time.sleep(0.2)
+        assert link == f"http://127.0.0.1:{port}/setup?token={setup.read_setup_token(data_dir)}"
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(link, timeout=5) as response:
+                    assert response.status == 200
+                    assert b'name="manifest"' in response.read()
+                break
+            except urllib.error.URLError as exc:
+                if isinstance(exc, urllib.error.HTTPError):
+                    raise
+                time.sleep(0.2)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/setup", timeout=5)
+        assert refused.value.code == 401
+    finally:
+        process.terminate()
+        process.wait(20)

@@ -136,7 +136,10 @@ def test_unconfigured_image_is_healthy_and_serves_setup(
     status, body = wait_for_http(container, f"{url}/healthz")
     assert status == 200, body
     assert json.loads(body)["checks"] == {"store": "ok", "docker": "ok"}
-    status, page = get(f"{url}/setup")
+    assert get(f"{url}/setup")[0] == 401  # the setup token is needed
+    token = (data_dir / "setup-token").read_text().strip()
+    assert f"/setup?token={token}" in container.logs().decode()
+    status, page = get(f"{url}/setup?token={token}")
     assert status == 200
     assert b"Create Slipway&#39;s GitHub App" in page or b"Create Slipway's GitHub App" in page
     assert wait_for_health(container)["Status"] == "healthy"
