@@ -74,6 +74,9 @@ REVISION_LABEL = "org.opencontainers.image.revision"
 REFERENCE = re.compile(
     r"(?P<name>[a-z0-9][a-z0-9._/-]*):(?P<tag>[\w.+-]+)@(?P<digest>sha256:[0-9a-f]{64})")
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+# The registry's access log line of a manifest PUT under a release tag that was accepted.
+RELEASE_PUSH = re.compile(
+    r'"PUT /v2/(?P<name>[^ ]+)/manifests/(?P<tag>\d+\.\d+\.\d+) HTTP/[\d.]+" 201')
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -139,6 +142,24 @@ class Registry:
                 pass
             time.sleep(0.1)
         raise SystemExit(f"soak: the registry did not start; see {self.log}")
+
+    def wait_for_release_push(self, timeout: float) -> str | None:
+        """Block until the access log shows a release tag's manifest PUT; its `name:tag`.
+
+        Reads only what was logged after the call, every 10 ms."""
+        deadline = time.monotonic() + timeout
+        with open(self.log, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            pending = b""
+            while time.monotonic() < deadline:
+                pending += log.read()
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    match = RELEASE_PUSH.search(line.decode(errors="replace"))
+                    if match:
+                        return f"{match['name']}:{match['tag']}"
+                time.sleep(0.01)
+        return None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -371,18 +392,27 @@ class Soak:
     def killing(self) -> None:
         """SIGKILL Slipway and restart the registry, in a shuffled order, at random gaps."""
         started = time.monotonic()
-        plan = ["kill"] * self.args.kills + ["registry"] * self.args.registry_restarts
+        aimed = min(self.args.kills_after_push, self.args.kills)
+        plan = (["kill"] * (self.args.kills - aimed) + ["kill-after-push"] * aimed
+                + ["registry"] * self.args.registry_restarts)
         self.chaos_rng.shuffle(plan)
         for kind in plan:
             if self.stopping.wait(self.chaos_rng.uniform(*self.args.chaos_gap)):
                 return
-            if kind == "kill":
+            if kind.startswith("kill"):
+                pushed = None
+                if kind == "kill-after-push":
+                    # The narrowest window of all: the image is in the registry, the
+                    # record may not say so yet.
+                    pushed = self.registry.wait_for_release_push(timeout=60)
                 running = self.jobs_by_state().get("running", 0)
                 self.slipway.kill()
                 down = self.chaos_rng.uniform(0.5, 4.0)
                 self.chaos.kills.append({"at": round(time.monotonic() - started, 1),
-                                         "jobs_running": running, "down": round(down, 1)})
-                say(f"chaos: SIGKILL Slipway ({running} job(s) running), "
+                                         "jobs_running": running, "down": round(down, 1),
+                                         "after_push": pushed})
+                say(f"chaos: SIGKILL Slipway ({running} job(s) running"
+                    f"{', right after the push of ' + pushed if pushed else ''}), "
                     f"down for {down:.1f} s")
                 time.sleep(down)
                 self.slipway.start()
@@ -495,8 +525,7 @@ class Soak:
             open_runs += sum(1 for r in runs if r["status"] != "completed")
             if not good:
                 lost += 1
-                why = "; ".join(f"{r['status']}/{r['conclusion']}: "
-                                f"{(r.get('output') or {}).get('summary', '')[:200]}"
+                why = "; ".join(f"{r['status']}/{r['conclusion']}: {_gist(r)}"
                                 for r in runs) or "no check run"
                 attempts = [a.status_code for a in self.fake.deliveries.of_guid(merge.guid)]
                 problems.append(f"lost: merge {merge.number} ({merge.repo}, deliveries "
@@ -513,6 +542,13 @@ class Soak:
                                     f"run's summary")
                     continue
                 reported[merge.repo].append((match["tag"], match["digest"], merge))
+        for merge in self.merges:
+            statuses = [st.body for st in self.fake.statuses
+                        if st.sha == merge.merge_sha and st.body.get("context") == "slipway/docker"]
+            if statuses and statuses[-1].get("state") != "success" and any(
+                    r["conclusion"] == "success" for r in self.runs_of(merge)):
+                problems.append(f"merge {merge.number}: the last commit status is "
+                                f"{statuses[-1].get('state')}, its check run succeeded")
         if open_runs:
             problems.append(f"{open_runs} check run(s) on the merges' head commits left open "
                             "(queued or in_progress)")
@@ -523,18 +559,30 @@ class Soak:
             if repeats:
                 duplicated += sum(Counter(tags)[t] - 1 for t in repeats)
                 problems.append(f"{repo}: version(s) reported twice: {sorted(repeats)}")
-            merges_here = sum(1 for m in self.merges if m.repo == repo)
-            expected = [f"0.0.{i}" for i in range(1, merges_here + 1)]
+            # The published versions run 0.0.1 .. 0.0.n; a lost merge is counted above,
+            # so here only a gap or a repeat among what was published is a problem.
             got = sorted(set(tags), key=_semver_key)
-            if got != expected[:len(got)] or len(got) != len(expected):
-                missing = sorted(set(expected) - set(tags), key=_semver_key)
-                extra = sorted(set(tags) - set(expected), key=_semver_key)
-                problems.append(f"{repo}: versions {got}; missing {missing}, unexpected {extra}")
+            expected = [f"0.0.{i}" for i in range(1, len(got) + 1)]
+            if got != expected:
+                missing = sorted(set(expected) - set(got), key=_semver_key)
+                problems.append(f"{repo}: versions {got} skip {missing}")
             in_registry = sorted((t for t in registry_api.list_tags(self.registry.address, repo)
                                   if SEMVER.match(t)), key=_semver_key)
-            if in_registry != sorted(set(tags), key=_semver_key):
-                problems.append(f"{repo}: the registry holds {in_registry}, the check runs "
-                                f"report {sorted(set(tags), key=_semver_key)}")
+            orphans = sorted(set(in_registry) - set(tags), key=_semver_key)
+            reported_merges = {merge.merge_sha for _, _, merge in entries}
+            for orphan in orphans:
+                labels = registry_api.image_labels(self.registry.address, repo, orphan) or {}
+                revision = labels.get(REVISION_LABEL)
+                if revision in reported_merges:
+                    duplicated += 1  # the merge was published under two versions
+                    problems.append(f"{repo}:{orphan} is a second version of merge commit "
+                                    f"{revision}, whose check run reports another")
+                else:
+                    problems.append(f"{repo}:{orphan} (from {revision}) is in the registry, "
+                                    f"and no check run reports it")
+            unpushed = sorted(set(tags) - set(in_registry), key=_semver_key)
+            if unpushed:
+                problems.append(f"{repo}: check runs report {unpushed}, absent from the registry")
             for tag, digest, merge in entries:
                 actual = self.registry_digest(repo, tag)
                 if actual != digest:
@@ -542,6 +590,11 @@ class Soak:
                                     f"reports {digest}, the registry holds {actual}")
                     continue
                 published += 1
+                history = self.tag_history(repo, tag)
+                if len(history) > 1:
+                    duplicated += 1
+                    problems.append(f"{repo}:{tag} was pushed with {len(history)} different "
+                                    f"digests: {history}")
                 labels = registry_api.image_labels(self.registry.address, repo, tag) or {}
                 if labels.get(REVISION_LABEL) != merge.merge_sha:
                     problems.append(f"{repo}:{tag}: revision {labels.get(REVISION_LABEL)}, "
@@ -570,6 +623,12 @@ class Soak:
         answer = requests.head(f"http://{self.registry.address}/v2/{repo}/manifests/{tag}",
                                headers={"Accept": MANIFEST_TYPES}, timeout=10)
         return answer.headers.get("Docker-Content-Digest") if answer.ok else None
+
+    def tag_history(self, repo: str, tag: str) -> list[str]:
+        """Every digest the tag ever pointed to: the registry's storage keeps an index."""
+        index = (self.registry.storage / "docker/registry/v2/repositories" / repo /
+                 "_manifests/tags" / tag / "index/sha256")
+        return sorted(f"sha256:{p.name}" for p in index.iterdir()) if index.is_dir() else []
 
     def local_images(self) -> dict[str, int]:
         counts = {}
@@ -603,7 +662,9 @@ class Soak:
         mid = sum(1 for k in kills if k["jobs_running"])
         print()
         print(f"duration:            {elapsed:.0f} s (limit {self.args.time_limit} s)")
-        print(f"kills:               {len(kills)} ({mid} while a job was running): "
+        aimed = sum(1 for k in kills if k.get("after_push"))
+        print(f"kills:               {len(kills)} ({mid} while a job was running, {aimed} "
+              f"right after a push was observed): "
               f"{json.dumps(kills)}")
         print(f"registry restarts:   {self.chaos.registry_restarts}")
         faults = sum(self.chaos.github_faults.values())
@@ -649,6 +710,15 @@ class Soak:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _gist(run: dict) -> str:
+    """What failed and why, on one line, from a check run's summary."""
+    summary = (run.get("output") or {}).get("summary") or ""
+    lines = [line.strip() for line in summary.splitlines() if line.strip()]
+    failed = next((line for line in lines if line.startswith("**What failed")), "")
+    detail = next((line for line in lines if not line.startswith("**")), "")
+    return f"{failed} {detail}".replace("**", "")[:300]
+
+
 def _semver_key(tag: str):
     return tuple(int(part) for part in tag.split("."))
 
@@ -658,6 +728,9 @@ def main() -> int:
     parser.add_argument("--merges", type=int, default=40)
     parser.add_argument("--repos", type=int, default=4)
     parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--kills-after-push", type=int, default=2,
+                        help="how many of the kills wait for a release push to be observed "
+                             "in the registry's access log, then kill at once")
     parser.add_argument("--registry-restarts", type=int, default=2)
     parser.add_argument("--time-limit", type=int, default=1200, help="seconds (default 1200)")
     parser.add_argument("--seed", type=int, default=None)
