@@ -432,6 +432,8 @@ class Soak:
             if self.merging_done.is_set() and self.chaos.registry_restarts >= \
                     self.args.registry_restarts and len(self.chaos.kills) >= self.args.kills:
                 return
+            if self.fake.pending_failures or self.fake.pending_delays:
+                continue  # "now and then": faults do not pile up while no one calls
             _, kind, method, path, value = self.fault_rng.choices(GITHUB_FAULTS, weights)[0]
             if kind == "5xx":
                 self.fake.fail_next(method, path, value)

@@ -80,9 +80,15 @@ class JobRun:
         try:
             services = self._services()
         except (ServiceConfigError, GitHubError) as exc:
-            build = existing.get("") or self._create_build("", "docker build")
-            build = self._start(build)
-            return self._finish(build, failure_outcome(exc)) is not BuildState.SUCCEEDED
+            # A job resumed after a crash already has its builds and check runs: end
+            # those, rather than leave them running beside a new one.
+            builds = [b for b in existing.values() if not b.finished] if existing else [
+                self._create_build("", "docker build")]
+            if not builds:
+                return any(b.state is not BuildState.SUCCEEDED for b in existing.values())
+            outcome = failure_outcome(exc)
+            return any([self._finish(self._start(b), outcome) is not BuildState.SUCCEEDED
+                        for b in builds])
         total = len(services)
         builds = []
         for service in services:

@@ -42,6 +42,7 @@ Python interface:
     fake.fail_next(method, path_regex, status, times=1, headers=None, body=None)
     fake.delay_next(method, path_regex, seconds, times=1)   # answer late (GitHub timing out)
     fake.pending_delays              # delay_next requests not yet met by a request
+    fake.pending_failures            # fail_next answers not yet given
     fake.add_manifest_code(code) -> the conversion JSON that POST /app-manifests/{code}/conversions
                                     answers once (its pem/id are this fake's App)
     fake.webhook_url, fake.webhook_secret   where the App's deliveries go, what signs them
@@ -405,6 +406,12 @@ class FakeGitHub:
         with self._lock:
             self._delays.append({"method": method.upper(), "regex": re.compile(path_regex),
                                  "seconds": float(seconds), "times": times})
+
+    @property
+    def pending_failures(self) -> int:
+        """How many injected failures no request has met yet."""
+        with self._lock:
+            return sum(failure["times"] for failure in self._failures)
 
     @property
     def pending_delays(self) -> int:

@@ -1,4 +1,5 @@
-"""A check run whose creation got no answer is adopted, never opened twice.
+"""A check run whose creation got no answer is adopted, never opened twice;
+a resumed job that fails ends the check run it opened, rather than adding one.
 
 GitHub may create a check run and the answer never arrive: GitHub timed out,
 or Slipway was killed between GitHub's answer and writing the id down. A
@@ -17,6 +18,7 @@ import time
 
 import pytest
 
+from github_app.jobs import BuildState
 from tests.slipway_harness import SECRET, TINY_DOCKERFILE, Harness
 
 pytestmark = pytest.mark.docker
@@ -92,6 +94,45 @@ def test_killed_while_github_creates_the_check_run_the_next_worker_adopts_it(
         assert len(runs) == 1, [(r["id"], r["status"]) for r in runs]
         assert runs[0]["status"] == "completed" and runs[0]["conclusion"] == "success"
         assert registry.tags(repo.name) == ["2.0.0"]
+        assert fake_github.rejections == []
+    finally:
+        harness.close()
+
+
+def test_a_resumed_job_that_cannot_read_its_services_ends_the_check_run_it_opened(
+        fake_github, registry, data_dir, tmp_path):
+    """Killed mid-build, then GitHub fails: the job's one check run completes, none is added."""
+    harness = Harness(fake_github, registry.address, data_dir)
+    try:
+        repo = slow_repo(harness, 8)
+        key = tmp_path / "app.pem"
+        key.write_bytes(fake_github.private_key_pem)
+        env = {**os.environ, "GITHUB_APP_ID": str(fake_github.app_id),
+               "GITHUB_PRIVATE_KEY_PATH": str(key), "GITHUB_WEBHOOK_SECRET": SECRET,
+               "GITHUB_API_URL": fake_github.url, "REGISTRY": registry.address,
+               "DATA_DIR": str(data_dir), "BUILD_NETWORK": "host",
+               "PUBLIC_URL": "http://slipway.example", "ALLOWED_OWNERS": "octo-org"}
+        harness.deliver("pull_request", repo.merged(labels=["version:3.0.0"]))
+        worker = subprocess.Popen([sys.executable, "-m", "github_app", "worker"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: [r for r in harness.final_check_runs(repo)
+                              if r["status"] == "in_progress"], "the check run to open", 60)
+            time.sleep(1.5)  # inside the slow RUN step
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+
+        # GitHub fails every read of .github/slipway.yml the resumed job makes.
+        fake_github.fail_next("GET", r"/contents/", 502, times=50)
+        assert harness.store.requeue_interrupted(force=True)
+        harness.run_worker()
+        runs = harness.final_check_runs(repo)
+        assert len(runs) == 1, [(r["id"], r["status"], r["name"]) for r in runs]
+        assert runs[0]["status"] == "completed" and runs[0]["conclusion"] == "failure"
+        assert "502" in runs[0]["output"]["summary"]
+        builds = harness.store.recent_builds(10)
+        assert [b.state for b in builds] == [BuildState.ERRORED]
         assert fake_github.rejections == []
     finally:
         harness.close()
