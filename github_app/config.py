@@ -74,11 +74,19 @@ class Config:
     image_name: str = "{service}"
     github_client_id: str | None = None
     github_client_secret: str | None = field(default=None, repr=False)
+    # Seconds between sweeps of the App's delivery log, and hours it reaches back (0: never).
+    redeliver_interval: int = 300
+    redeliver_window: int = 24
 
     @property
     def has_oauth_client(self) -> bool:
         """True when "Sign in with GitHub" can work: the App's OAuth client id and secret."""
         return bool(self.github_client_id and self.github_client_secret)
+
+    @property
+    def redeliver_enabled(self) -> bool:
+        """True when Slipway asks GitHub for the deliveries it missed."""
+        return self.redeliver_interval > 0 and self.redeliver_window > 0
 
     @property
     def has_app_credentials(self) -> bool:
@@ -216,6 +224,16 @@ class Config:
             image_name=_image_name(env),
             github_client_id=client_id,
             github_client_secret=client_secret,
+            redeliver_interval=_int(
+                env, "REDELIVER_INTERVAL", 300, low=0, high=86400,
+                meaning="seconds between two reads of the App's delivery log for deliveries "
+                "Slipway missed; 0: never",
+            ),
+            redeliver_window=_int(
+                env, "REDELIVER_WINDOW", 24, low=0, high=72,
+                meaning="hours back that Slipway looks for deliveries it missed (GitHub keeps "
+                "three days); 0: never",
+            ),
         )
         _check_build_limits(config)
         return config

@@ -248,6 +248,22 @@ class Ping:
 
 Decision = BuildRequest | Ignored | Ping
 
+# The events and actions Slipway builds for: `decide` below, and the builds before the merge
+# of DESIGN.md ("Pull requests before the merge"). The redelivery sweep asks GitHub to send
+# again only deliveries of these; keep it in step with `decide`.
+ACTED_ON: Mapping[str, frozenset[str]] = {
+    "pull_request": frozenset(
+        {"closed", "opened", "reopened", "synchronize", "edited", "labeled", "unlabeled"}
+    ),
+    "check_run": frozenset({"rerequested"}),
+    "check_suite": frozenset({"rerequested"}),
+}
+
+
+def acts_on(event: str, action: str | None) -> bool:
+    """True when a delivery of `event` with `action` may build something."""
+    return action in ACTED_ON.get(event, ())
+
 
 def decide(
     delivery: Delivery, *, target_branch: str, app_id: int | str | None

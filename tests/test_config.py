@@ -385,3 +385,27 @@ def test_a_database_url_that_is_not_postgresql_says_what_is_expected(environ):
     assert error.variable == "DATABASE_URL"
     assert "postgresql://USER:PASSWORD@HOST:PORT/DB" in str(error)
     assert "hunter22" not in str(error)
+
+
+def test_redelivery_sweeps_every_5_minutes_over_24_hours_by_default(environ):
+    """REDELIVER_INTERVAL and REDELIVER_WINDOW: DESIGN.md's 300 s and 24 h."""
+    config = Config.from_env(environ)
+    assert (config.redeliver_interval, config.redeliver_window) == (300, 24)
+    assert config.redeliver_enabled
+
+
+@pytest.mark.parametrize("variable", ["REDELIVER_INTERVAL", "REDELIVER_WINDOW"])
+def test_redelivery_0_means_never(environ, variable):
+    environ[variable] = "0"
+    assert not Config.from_env(environ).redeliver_enabled
+
+
+@pytest.mark.parametrize(("variable", "value"), [("REDELIVER_INTERVAL", "5m"),
+                                                 ("REDELIVER_INTERVAL", "-1"),
+                                                 ("REDELIVER_WINDOW", "73")])
+def test_a_malformed_redelivery_setting_is_named(environ, variable, value):
+    """A window past GitHub's three days of log, or a non-number, stops start-up with one line."""
+    environ[variable] = value
+    error = error_for(environ)
+    assert error.variable == variable
+    assert repr(value) in str(error) and "\n" not in str(error)
