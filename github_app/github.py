@@ -30,6 +30,7 @@ import requests
 
 from github_app.errors import GitHubError, SourceRefused
 from github_app.github_calls import HeaderAuth, NoAuth, Session
+from github_app.redelivery import next_cursor
 from github_app.retries import RetryPolicy
 from github_app.tokens import TokenCache, api_roots, app_jwt
 
@@ -183,6 +184,59 @@ class GitHubApp:
         response = self._session.call("POST", template, send, accept=(401, 404))
         if response.status_code == 401 and self._learn_skew(response):
             response = self._session.call("POST", template, send, accept=(404,))
+        return response
+
+    def hook_deliveries(
+        self, *, per_page: int, cursor: str | None = None
+    ) -> tuple[object, str | None]:
+        """One page of the App's delivery log, newest first, and the next page's cursor.
+
+        GET /app/hook/deliveries with the App's JWT; the items are returned as GitHub sent
+        them (`redelivery.parse_page` reads them). No `status` filter: `status=failure`
+        leaves out the deliveries GitHub could not make at all (status code 0).
+        """
+        params = {"per_page": per_page}
+        if cursor is not None:
+            params["cursor"] = cursor
+        response = self._app_call("GET", "/app/hook/deliveries", ("app", "hook", "deliveries"),
+                                  params=params)
+        return response.json(), next_cursor(response.headers.get("Link"))
+
+    def redeliver(self, delivery_id: int) -> None:
+        """POST /app/hook/deliveries/{delivery_id}/attempts: GitHub answers 202, then sends
+        the delivery again with the same guid."""
+        # Not idempotent: a retried request could deliver twice (the store's dedupe by
+        # delivery id would still build once), so only what cannot have reached GitHub retries.
+        self._app_call(
+            "POST",
+            "/app/hook/deliveries/{delivery_id}/attempts",
+            ("app", "hook", "deliveries", int(delivery_id), "attempts"),
+            idempotent=False,
+        )
+
+    def _app_call(self, method, template, segments, *, params=None, idempotent=True):
+        """One call with the App's JWT, trying each candidate root of an ambiguous API URL."""
+        session = self._session
+        candidates = self._candidate_roots()
+        for root in candidates:
+            url = session.url(*segments, root=root)
+            if method == "GET":
+                def send(url=url):
+                    return session.gh._get(url, params=params)
+            else:
+                def send(url=url):
+                    return session.gh._post(url)
+            response = session.call(method, template, send, idempotent=idempotent,
+                                    accept=(401, 404))
+            if response.status_code == 401 and self._learn_skew(response):
+                response = session.call(method, template, send, idempotent=idempotent,
+                                        accept=(404,))
+            if root != candidates[-1] and (response.status_code == 404 or not _is_json(response)):
+                continue
+            break
+        if response.status_code >= 400:
+            raise session.error(method, template, response, 1, 0.0, self._clock())
+        self._settle_root(root)
         return response
 
     def _candidate_roots(self) -> list[str]:

@@ -3,6 +3,7 @@
     store.py      the SQLite file: connections, transactions, schema migrations
     jobqueue.py   jobs: enqueue, dedupe, claim, leases, heartbeat, requeue
     records.py    builds: one record per service of a job
+    redeliveries.py  the redelivery sweep: requests asked for, its lease
 
 Callers use `JobStore` and the names re-exported here; the parts stay small.
 """
@@ -24,6 +25,7 @@ from .jobqueue import (
     JobState,
 )
 from .records import FINISHED_BUILD_STATES, Build, BuildRecords, BuildState, UnknownBuild
+from .redeliveries import Redeliveries
 from .store import DATABASE_NAME, SCHEMA_VERSION, Store, StoreError, StoreUnavailable
 
 __all__ = [
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-class JobStore(JobQueue, BuildRecords, Store):
+class JobStore(JobQueue, BuildRecords, Redeliveries, Store):
     """Jobs and builds in one store, shared by threads and processes."""
 
     def __init__(

@@ -76,6 +76,27 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.redeliver_sweeps = Counter(
+            "slipway_redeliver_sweeps",
+            "Sweeps of the App's delivery log for deliveries Slipway missed (this process).",
+            registry=self.registry,
+        )
+        self.redeliver_missed_deliveries = Counter(
+            "slipway_redeliver_missed_deliveries",
+            "Deliveries found failed in GitHub's log that Slipway never received (each once).",
+            registry=self.registry,
+        )
+        self.redeliveries_asked = Counter(
+            "slipway_redeliveries_asked",
+            "Redeliveries GitHub accepted to make (POST .../attempts answered 202).",
+            registry=self.registry,
+        )
+        self.redeliver_errors = Counter(
+            "slipway_redeliver_errors",
+            "Errors of the redelivery sweep, by stage (read, redeliver, store, sweep).",
+            ["stage"],
+            registry=self.registry,
+        )
         self.registry.register(_QueueDepthCollector(self))
         self._webhook_children: dict[tuple[str, str], Any] = {}
 
@@ -101,6 +122,22 @@ class Metrics:
     def github_api_call(self, status: int | str | None) -> None:
         """Count one GitHub API call by its HTTP status; None means no answer came."""
         self.github_api_calls.labels(status=str(status) if status is not None else "error").inc()
+
+    def redeliver_swept(self) -> None:
+        """Count one finished sweep of the delivery log."""
+        self.redeliver_sweeps.inc()
+
+    def redeliver_missed(self, count: int) -> None:
+        """Count deliveries found failed for the first time."""
+        self.redeliver_missed_deliveries.inc(count)
+
+    def redelivery_asked(self) -> None:
+        """Count one redelivery GitHub accepted."""
+        self.redeliveries_asked.inc()
+
+    def redeliver_error(self, stage: str, count: int = 1) -> None:
+        """Count errors of the sweep at one stage (a fixed word, never a name from GitHub)."""
+        self.redeliver_errors.labels(stage=stage).inc(count)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of everything in this registry."""

@@ -15,7 +15,8 @@ The rules (DESIGN.md, "Deliveries missed while Slipway was down"):
 - A guid the store has seen reached Slipway: never asked for, whatever the log says.
 - A guid asked for earlier is pending until the log shows an attempt newer than the request
   (ids grow with time, so no clock is compared with GitHub's). While pending it is not asked
-  again; a request GitHub never carried out lapses after `PENDING_EXPIRY` seconds.
+  again; a request GitHub never carried out lapses after `PENDING_EXPIRY` seconds, and one
+  whose redelivery failed too is asked again after a delay that grows (`retry_delay`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from urllib.parse import parse_qs, urlsplit
 # GitHub carries out a redelivery within seconds; a request with no attempt after this long
 # was lost on the way and may be asked again.
 PENDING_EXPIRY = 15 * 60
+# A redelivery that failed too is asked again after 5 min, then 15, 45, ... at most 6 h.
+RETRY_BASE = 5 * 60
+RETRY_MAX = 6 * 3600
 # GitHub's largest page: the fewest calls for one window.
 PAGE_SIZE = 100
 
@@ -152,9 +156,22 @@ class Requested:
     times: int = 1
 
     def pending(self, history: History, now: float) -> bool:
-        """Asked, and GitHub has not tried since, and the request has not lapsed."""
-        return (not history.attempted_after(self.after_id)
-                and now - self.requested_at < PENDING_EXPIRY)
+        """True while this request still stands: not to be asked again yet.
+
+        Until GitHub makes an attempt after it, a request is pending (it lapses after
+        `PENDING_EXPIRY`). When that attempt failed too (Slipway still cannot take it),
+        it is asked again after `retry_delay(times)`, so a delivery that keeps failing
+        is asked for less and less often, never in a loop.
+        """
+        waited = now - self.requested_at
+        if not history.attempted_after(self.after_id):
+            return waited < PENDING_EXPIRY
+        return waited < retry_delay(self.times)
+
+
+def retry_delay(times: int) -> float:
+    """Seconds before asking again for a delivery whose `times` redeliveries all failed."""
+    return min(RETRY_BASE * 3 ** (max(times, 1) - 1), RETRY_MAX)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The store's plumbing: the SQLite file, its connections, transactions and schema.
 
 Every other part of the store (the queue in `jobqueue`, the build records in
-`records`) reaches the database only through `Store._connection()` and
-`Store._write()`, and writes plain SQL with `?` parameters and no SQLite-only
-syntax beyond `ON CONFLICT ... DO NOTHING/UPDATE` (which PostgreSQL shares).
+`records`, the redelivery sweep's rows in `redeliveries`) reaches the database
+only through `Store._connection()` and `Store._write()`, and writes plain SQL
+with `?` parameters and no SQLite-only syntax beyond `ON CONFLICT ... DO
+NOTHING/UPDATE` (which PostgreSQL shares).
 So a second backend (PostgreSQL for DATABASE_URL) replaces this module's
 connection and migration code, not the queries.
 
@@ -117,8 +118,33 @@ ALTER TABLE builds ADD COLUMN note TEXT;
 CREATE INDEX IF NOT EXISTS builds_by_pull_request ON builds (repository, pr_number)
 """
 
+# v5: the redelivery sweep (redeliveries.py): the redeliveries asked for, one row per
+# guid, and the lease row that lets one sweep run at a time. GitHub's delivery ids are int64.
+_SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS redeliveries (
+    guid         TEXT    PRIMARY KEY,
+    delivery_id  BIGINT  NOT NULL,
+    after_id     BIGINT  NOT NULL,
+    event        TEXT    NOT NULL,
+    action       TEXT,
+    requested_at REAL    NOT NULL,
+    times        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweeps (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT,
+    lease_until REAL,
+    started_at  REAL,
+    finished_at REAL,
+    summary     TEXT
+);
+INSERT INTO sweeps (name) VALUES ('redeliver') ON CONFLICT (name) DO NOTHING
+"""
+
 # Migrations from version N to N+1, run in order inside one write transaction.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
+MIGRATIONS: dict[int, str] = {
+    0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5,
+}
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
 

@@ -152,7 +152,7 @@ def test_a_pending_request_is_not_asked_again():
 
 
 def test_a_request_whose_redelivery_failed_too_is_asked_again():
-    earlier = Requested(GUID, delivery_id=1, after_id=1, requested_at=NOW - 60)
+    earlier = Requested(GUID, delivery_id=1, after_id=1, requested_at=NOW - 301)
     result = plan(item(id=1, guid=GUID, status_code=0),
                   item(id=2, guid=GUID, status_code=503, redelivery=True),
                   requested={GUID: earlier})
@@ -202,3 +202,15 @@ def test_every_example_that_decide_builds_is_an_event_the_sweep_acts_on():
             built.add((event, payload.get("action")))
             assert webhooks.acts_on(event, payload.get("action")), (event, payload.get("action"))
     assert ("pull_request", "closed") in built and ("check_run", "rerequested") in built
+
+
+def test_a_redelivery_that_failed_again_waits_longer_each_time():
+    """Slipway still down: asked again after 5 min, then 15, 45 ... never more than 6 h."""
+    assert [redelivery.retry_delay(n) for n in (1, 2, 3)] == [300, 900, 2700]
+    assert redelivery.retry_delay(10) == 6 * 3600
+    third = Requested(GUID, delivery_id=2, after_id=2, requested_at=NOW - 1000, times=3)
+    failing = (item(id=1, guid=GUID, status_code=0),
+               item(id=2, guid=GUID, status_code=0, redelivery=True),
+               item(id=3, guid=GUID, status_code=503, redelivery=True))
+    assert guids(plan(*failing, requested={GUID: third}).pending) == [GUID]
+    assert guids(plan(*failing, requested={GUID: third}, now=NOW + 2000).ask) == [GUID]
