@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -93,13 +94,49 @@ def _with_stored_credentials(config):
     return credentials.apply(config, stored) if stored else config
 
 
-def build_worker(config, store, *, metrics=None, wakeup=None):
+def build_github(config, metrics=None):
     from github_app.github import GitHubApp
+
+    return GitHubApp(config.api_url, config.app_id, config.private_key,
+                     on_call=metrics.github_api_call if metrics is not None else None)
+
+
+def build_worker(config, store, *, metrics=None, wakeup=None):
     from github_app.worker import Worker
 
-    github = GitHubApp(config.api_url, config.app_id, config.private_key,
-                       on_call=metrics.github_api_call if metrics is not None else None)
-    return Worker(config, store, github, metrics=metrics, wakeup=wakeup)
+    return Worker(config, store, build_github(config, metrics), metrics=metrics, wakeup=wakeup)
+
+
+def start_sweeper(config, store, *, metrics=None, stop: threading.Event,
+                  listening: tuple[str, int] | None = None) -> threading.Thread:
+    """Sweep the App's delivery log for missed deliveries in a thread, until `stop` is set.
+
+    `listening`: the address this process serves webhooks on; it sweeps at start-up once
+    that accepts connections, so that the redeliveries it asks for find Slipway up. Without
+    it (the worker command) it joins the periodic sweeps only."""
+    from github_app.sweep import Sweeper
+
+    def run() -> None:
+        if listening is not None:
+            _wait_until_listening(*listening, stop=stop)
+        sweeper = Sweeper(config, store, build_github(config, metrics), metrics=metrics)
+        sweeper.run(stop, at_start=listening is not None)
+
+    thread = threading.Thread(target=run, name="slipway-redeliver", daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_until_listening(host: str, port: int, *, stop: threading.Event,
+                          timeout: float = 30.0) -> None:
+    address = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            socket.create_connection((address, port), timeout=1.0).close()
+            return
+        except OSError:
+            stop.wait(0.2)
 
 
 def run_worker(config) -> int:
@@ -110,7 +147,14 @@ def run_worker(config) -> int:
     # lease ran out, never ones that are still being built.
     store.requeue_interrupted()
     worker = build_worker(config, store)
-    _stop_on_signals(worker.stop)
+    sweeping = threading.Event()
+
+    def stop() -> None:
+        sweeping.set()
+        worker.stop()
+
+    _stop_on_signals(stop)
+    start_sweeper(config, store, stop=sweeping)
     log.info("worker started with %d threads", worker.threads)
     worker.run()
     return 0
@@ -131,6 +175,8 @@ def run_serve(config, *, host: str) -> int:
     if requeued:
         log.info("requeued %d interrupted job(s): %s", len(requeued), requeued)
     store.close()
+    # Each web process reads it (serving_app) to know where it listens.
+    os.environ["HOST"] = host
     log.info("serving on %s:%d with %d web process(es)", host, config.port, config.web_workers)
     # A Rust HTTP server: gunicorn's pure-Python parsing cost more CPU per
     # delivery than the whole of Slipway's own handling (bench/webhook_load.py).
@@ -159,7 +205,27 @@ def serving_app():
     app = create_app(config)
     if config.worker_threads > 0:
         start_worker_when_set_up(app)
+    start_sweeper_when_set_up(app, listening=(os.environ.get("HOST", "0.0.0.0"), config.port))
     return app
+
+
+def start_sweeper_when_set_up(app, *, listening=None) -> threading.Thread:
+    """Sweep for missed deliveries from this web process once the App is set up.
+
+    Every web process runs one; the store lets one sweep run at a time among them."""
+    runtime = app.extensions["slipway"]
+    stop = runtime.extras.setdefault("sweep_stop", threading.Event())
+
+    def run() -> None:
+        while not runtime.config.has_app_credentials and not stop.wait(1.0):
+            pass
+        if not stop.is_set():
+            start_sweeper(runtime.config, runtime.store, metrics=runtime.metrics, stop=stop,
+                          listening=listening).join()
+
+    thread = threading.Thread(target=run, name="slipway-redeliver-setup", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_worker_when_set_up(app) -> threading.Thread:

@@ -4,7 +4,9 @@ the deliveries Slipway missed (DESIGN.md, "Deliveries missed while Slipway was d
 One sweep: read the App's delivery log newest first, page by page, only as far back as
 REDELIVER_WINDOW; decide with the pure rules of `redelivery.plan`; ask for each missed
 delivery once. Every process of `serve` and `worker` runs `Sweeper.run`, but the store's
-lease row lets one sweep run at a time and one per interval across all of them.
+lease row lets one sweep run at a time and one per interval across all of them. `serve`
+sweeps at start-up, once its port accepts connections; a `worker` joins the periodic sweeps
+one interval after it starts.
 
 GitHub calls go through `GitHubApp` (its retry rules, rate limits included); the store
 through its `Redeliveries` methods.
@@ -57,16 +59,25 @@ class Sweeper:
         """Seconds back the sweep reads."""
         return self.config.redeliver_window * 3600.0
 
-    def run(self, stop: threading.Event) -> None:
-        """Sweep at start-up, then whenever the last sweep of any process is an interval old."""
+    def run(self, stop: threading.Event, *, at_start: bool = True) -> None:
+        """Sweep at start-up, then whenever the last sweep of any process is an interval old.
+
+        `at_start=False` (the `worker` command): no sweep at start-up and none within the
+        first interval. Redeliveries go to the web processes, so the sweep at start-up is
+        theirs; one asked for before any of them listens would fail.
+        """
         if not self.config.redeliver_enabled:
             log.info("redelivery sweep off (REDELIVER_INTERVAL or REDELIVER_WINDOW is 0)")
             return
-        self.sweep_if_due(due_before=self.clock() - min(self.interval, STARTUP_MARGIN))
+        started = self.clock()
+        if at_start:
+            self.sweep_if_due(due_before=started - min(self.interval, STARTUP_MARGIN))
         # Look often enough that the sweeps of all processes stay close to one interval apart.
         tick = min(max(self.interval / 4, 0.5), 30.0)
         while not stop.wait(tick):
-            self.sweep_if_due(due_before=self.clock() - self.interval)
+            now = self.clock()
+            if at_start or now - started >= self.interval:
+                self.sweep_if_due(due_before=now - self.interval)
 
     def sweep_if_due(self, *, due_before: float) -> Summary | None:
         """Sweep if no sweep started after `due_before` and none runs; the summary, or None."""

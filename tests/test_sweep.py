@@ -243,3 +243,22 @@ def test_interval_0_never_sweeps(fake_github, store, receiver):
     stop = threading.Event()
     make_sweeper(fake_github, store, redeliver_interval=0).run(stop)  # returns at once
     assert log_reads(fake_github) == []
+
+
+def test_a_worker_process_joins_only_the_periodic_sweeps(fake_github, store, receiver):
+    """at_start=False: no sweep at start-up, none within the first interval."""
+    sweeper = make_sweeper(fake_github, store, redeliver_interval=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=sweeper.run, args=(stop,), kwargs={"at_start": False},
+                              daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.2)
+        assert log_reads(fake_github) == []
+        deadline = time.monotonic() + 10
+        while not log_reads(fake_github) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert log_reads(fake_github) != []
+    finally:
+        stop.set()
+        thread.join(5)
