@@ -437,3 +437,29 @@ def public_url(doctor: Doctor) -> str:
                            if state != "ok")
         raise Problem(f"{url} answers {answer.status_code}: {failed}.")
     return f"{url} answers 200"
+
+
+@check("redelivery")
+def redelivery_sweep(doctor: Doctor) -> str:
+    import time
+
+    from github_app import redelivery
+    from github_app.jobs import JobStore
+    from github_app.store import DATABASE_NAME
+
+    config = doctor.config
+    if not config.redeliver_enabled:
+        return ("off (REDELIVER_INTERVAL or REDELIVER_WINDOW is 0): a merge GitHub could not "
+                "deliver stays unbuilt until someone presses Redeliver in the App's settings")
+    if not (Path(config.data_dir) / DATABASE_NAME).exists():
+        raise Problem(f"DATA_DIR {config.data_dir} holds no job store yet: start Slipway "
+                      "(python -m github_app serve); it sweeps at start-up")
+    with JobStore.from_data_dir(config.data_dir) as store:
+        record = store.last_sweep()
+    summary = redelivery.Summary.from_json(record.summary) if record.summary else None
+    healthy, line = redelivery.report_last_sweep(summary, now=time.time(),
+                                                 interval=config.redeliver_interval)
+    if not healthy:
+        raise Problem(line)
+    return line
+

@@ -275,3 +275,28 @@ def _timestamp(value: object) -> float:
     except ValueError:
         raise MalformedDelivery(f"a delivery's delivered_at is not a time: {value!r}") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def report_last_sweep(summary: Summary | None, *, now: float, interval: float) -> tuple[bool, str]:
+    """Whether the sweeps are healthy, and one line on the last one (for `doctor`)."""
+    if summary is None or summary.finished_at is None:
+        return False, ("no sweep of the App's delivery log has run yet: `serve` sweeps at "
+                       "start-up, so start Slipway (python -m github_app serve)")
+    ago = _ago(now - summary.finished_at)
+    line = f"last sweep {ago}: {summary.describe()}"
+    if summary.errors:
+        return False, (f"{line}. Slipway sweeps again every {interval:g} s; if this persists, "
+                       "check that GitHub accepts the App (see app above)")
+    # A few missed intervals: no process sweeps (all stopped, or stuck on the lease).
+    if now - summary.finished_at > 3 * interval + 60:
+        return False, (f"{line}; none since, although one is due every {interval:g} s: no "
+                       "Slipway process is sweeping; start `serve` or check its log")
+    return True, line
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"

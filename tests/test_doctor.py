@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from builder_helpers import closed_port
@@ -14,12 +15,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from github_app import doctor
+from github_app.sweep import Sweeper
+from tests.payloads import merged_pull_request
 from tests.slipway_harness import SECRET, Harness
 
 pytestmark = pytest.mark.docker
 
 PARTS = ["configuration", "app", "installations", "webhook secret", "docker", "disk",
-         "base images", "registry", "data dir", "database", "public url"]
+         "base images", "registry", "data dir", "database", "public url", "redelivery"]
 
 
 @pytest.fixture
@@ -27,6 +30,8 @@ def slipway(fake_github, registry, data_dir):
     """A running Slipway (real HTTP) on the fake GitHub, with the App installed on octo-org."""
     fake_github.add_installation(account="octo-org")
     harness = Harness(fake_github, registry.address, data_dir)
+    fake_github.webhook_url, fake_github.webhook_secret = f"{harness.url}/webhook", SECRET
+    sweep(harness)  # as `serve` does at start-up
     yield harness
     harness.close()
 
@@ -45,6 +50,11 @@ def environ(slipway, fake_github, registry, data_dir, tmp_path) -> dict[str, str
         "DATA_DIR": str(data_dir),
         "PUBLIC_URL": slipway.url,
     }
+
+
+def sweep(harness) -> None:
+    """One sweep of the delivery log by the running Slipway."""
+    Sweeper(harness.config, harness.store, harness.github()).sweep_if_due(due_before=time.time())
 
 
 def run_doctor(environ: dict[str, str]) -> tuple[int, dict[str, str]]:
@@ -189,6 +199,37 @@ def test_a_half_given_app_fails_configuration_and_skips_the_app_parts(environ):
         "GITHUB_PRIVATE_KEY) is not set")
     assert lines["app"] == "skip  app: needs a valid configuration (see above)"
     assert failed(lines)[:4] == ["configuration", "app", "installations", "webhook secret"]
+
+
+def test_the_last_sweep_and_the_deliveries_that_failed_in_the_window_are_shown(
+        environ, slipway, fake_github):
+    """A merge GitHub could not deliver: the redelivery line counts it and the request made."""
+    fake_github.deliveries.record("pull_request", merged_pull_request(), status_code=0)
+    fake_github.deliveries.record("ping", {"zen": "Approachable is better."}, status_code=200)
+    sweep(slipway)
+    status, lines = run_doctor(environ)
+    assert status == 0, lines
+    assert lines["redelivery"].startswith("ok    redelivery: last sweep ")
+    assert lines["redelivery"].endswith(
+        "s ago: read 2 deliveries on 1 page(s); 1 failed delivery in the last 24 h; "
+        "1 redelivery(ies) asked for, 0 pending, 0 already received")
+
+
+def test_a_sweep_that_could_not_read_the_log_fails_the_redelivery_line(
+        environ, slipway, fake_github):
+    fake_github.fail_next("GET", r"^/app/hook/deliveries$", 502, times=10)
+    sweep(slipway)
+    status, lines = run_doctor(environ)
+    assert status == 1 and failed(lines) == ["redelivery"]
+    assert "1 error(s): GitHub answered 502 for GET /app/hook/deliveries" in lines["redelivery"]
+    assert "Slipway sweeps again every 300 s" in lines["redelivery"]
+
+
+def test_redelivery_off_is_said_with_what_it_costs(environ):
+    environ["REDELIVER_INTERVAL"] = "0"
+    status, lines = run_doctor(environ)
+    assert status == 0
+    assert "until someone presses Redeliver in the App's settings" in lines["redelivery"]
 
 
 def test_adding_a_check_is_one_function():

@@ -214,3 +214,17 @@ def test_a_redelivery_that_failed_again_waits_longer_each_time():
                item(id=3, guid=GUID, status_code=503, redelivery=True))
     assert guids(plan(*failing, requested={GUID: third}).pending) == [GUID]
     assert guids(plan(*failing, requested={GUID: third}, now=NOW + 2000).ask) == [GUID]
+
+
+def test_the_doctor_line_fails_without_a_sweep_after_an_error_and_when_sweeps_stopped():
+    done = Summary(started_at=NOW - 30, window_hours=24, finished_at=NOW - 29, pages=1, read=4)
+    assert redelivery.report_last_sweep(done, now=NOW, interval=300) == (
+        True, "last sweep 29 s ago: read 4 deliveries on 1 page(s); 0 failed deliveries in "
+              "the last 24 h")
+    assert not redelivery.report_last_sweep(None, now=NOW, interval=300)[0]
+    broken = Summary(started_at=NOW - 30, window_hours=24, finished_at=NOW - 29,
+                     errors=["GitHub answered 502"])
+    healthy, line = redelivery.report_last_sweep(broken, now=NOW, interval=300)
+    assert not healthy and "1 error(s): GitHub answered 502" in line
+    healthy, line = redelivery.report_last_sweep(done, now=NOW + 3600, interval=300)
+    assert not healthy and "last sweep 60 min ago" in line and "no Slipway process" in line
