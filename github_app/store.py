@@ -148,6 +148,24 @@ MIGRATIONS: dict[int, str] = {
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
 
+def _enable_wal(connection: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting as long as busy_timeout for a process that opens it too.
+
+    Two processes opening a new store at once (serve and worker started together): the
+    switch needs the file to itself, and SQLite answers "database is locked" at once
+    instead of calling the busy handler.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Store:
     """One SQLite file shared by threads and processes.
 
@@ -190,7 +208,7 @@ class Store:
             )
             connection.row_factory = sqlite3.Row
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            connection.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(connection)
             # NORMAL in WAL mode: a committed job survives a crash or kill of
             # the process (the WAL is written before the 202); only a power cut
             # within the last checkpoint could lose one. FULL closes that gap
