@@ -7,7 +7,7 @@
   the last sweep's summary (for `doctor` and /metrics).
 
 Plain SQL with `?` parameters, no SQLite-only syntax, so that a PostgreSQL backend can run
-it as it is; the tables are store.py's migration v4. Reaches the database only through
+it as it is; the tables are store.py's migration v5. Reaches the database only through
 `_connection()` and `clock()`.
 """
 
