@@ -4,7 +4,9 @@ A pull request's head runs in a build before anyone merges it, so it is built
 only when its repository's owner is trusted: an account of ALLOWED_OWNERS, or,
 when ALLOWED_OWNERS is not set (or is `*`, which trusts any installation but not
 any fork), the owner of the base repository. A maintainer lifts the rule for one
-pull request with the label `slipway:build`. After the merge the code is the
+head by adding the label `slipway:build`: the label stays on the pull request
+through later pushes, so it approves the head it was added to, not the commits
+pushed after it (add it again to build those). After the merge the code is the
 target branch's, and it is built like any other.
 
 Pure: no network, disk, clock or Flask globals.
@@ -30,6 +32,7 @@ def trusted_head(head_owner: str | None, base_owner: str,
     return head_owner.lower() in owners
 
 
-def maintainer_allows(labels: Iterable[str]) -> bool:
-    """True when a maintainer labelled the pull request `slipway:build`."""
-    return any(label.strip().lower() == BUILD_LABEL for label in labels)
+def approves_head(request) -> bool:
+    """True for the delivery of a maintainer adding `slipway:build`: build this head."""
+    return (request.action == "labeled" and (request.label or "").strip().lower() == BUILD_LABEL
+            and any(label.strip().lower() == BUILD_LABEL for label in request.labels))

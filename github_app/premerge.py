@@ -28,7 +28,7 @@ from github_app import previews, reporting
 from github_app.buildlog import BuildLogFile
 from github_app.errors import GitHubError, ServiceConfigError, SlipwayError, VersionTaken
 from github_app.floating_tags import staging_tag, tags_to_move
-from github_app.forks import maintainer_allows, trusted_head
+from github_app.forks import approves_head, trusted_head
 from github_app.jobrun import MAX_TARBALL_BYTES, REVISION_LABEL, SERVICES_FILE, failure_outcome
 from github_app.jobs import Build, BuildState, Job
 from github_app.reports import LOG_TAIL_BYTES, request_from_job
@@ -71,9 +71,11 @@ class PreMergeRun:
             return self._finish(build, failure_outcome(exc)) is not BuildState.SUCCEEDED
         superseded = self.store.newer_head(request.repository, request.pr_number, self.job.id,
                                            request.head_sha)
-        trusted = (trusted_head(request.head_owner, request.owner,
-                                self.config.allowed_owners)
-                   or maintainer_allows(request.labels))
+        # A fork's code runs only for the head a maintainer labelled `slipway:build` (that
+        # event), or on a Re-run; the label stays on the pull request through later pushes,
+        # so its mere presence approves nothing new.
+        trusted = (trusted_head(request.head_owner, request.owner, self.config.allowed_owners)
+                   or self.rebuild or approves_head(request))
         total = len(services)
         to_build: list[tuple[Service, Build, Version | None, Exception | None]] = []
         states = []
@@ -88,16 +90,16 @@ class PreMergeRun:
                 states.append(self._finish_state(build, BuildState.CANCELLED, note=superseded))
                 continue
             version, problem = self._version(service)
+            reused = None if self.rebuild else self._built_head(service, build)
+            if reused is not None:  # built before: only the version is news
+                states.append(self._reuse(build, reused, version, problem))
+                continue
             if not trusted and problem is None:
                 states.append(self._finish_state(build, BuildState.SKIPPED, version=version,
                                                  note=request.head_owner or ""))
                 continue
             if not trusted:
                 states.append(self._finish(build, failure_outcome(problem)))
-                continue
-            reused = None if self.rebuild else self._built_head(service, build)
-            if reused is not None:
-                states.append(self._reuse(build, reused, version, problem))
                 continue
             to_build.append((service, self._start(build, service), version, problem))
         if to_build:
@@ -171,6 +173,8 @@ class PreMergeRun:
         return self._settle(build, version, problem, duration=earlier.duration)
 
     def _start(self, build: Build, service: Service) -> Build:
+        # Started before: a crash may have come between GitHub's answer and the record.
+        resumed = build.state is BuildState.RUNNING and build.check_run_id is None
         build = self.store.update_build(build.id, state=BuildState.RUNNING,
                                         started_at=time.time())
         details = self.reporter.details_url(build.id)
@@ -182,6 +186,8 @@ class PreMergeRun:
                                              head_sha=build.head_sha, details_url=details),
         )
         try:
+            if resumed:
+                build = self.reporter.adopt_check_run(self.client, self.request, build)
             if build.check_run_id is None:
                 created = self.client.create_check_run(self.request.owner, self.request.repo,
                                                        body)

@@ -136,7 +136,8 @@ def fork_not_built(*, image: str, version: Version, head_owner: str | None,
         "other pull request.",
         "",
         f"**To build it now:** a maintainer who has reviewed the code adds the label "
-        f"`{BUILD_LABEL}`.",
+        f"`{BUILD_LABEL}`. The label approves the head it is added to: after a new push, "
+        "remove it and add it again.",
         "",
         f"- **Version:** `{version.text}`, {version.explanation}",
     ]

@@ -222,6 +222,7 @@ class BuildRequest:
     check_suite_id: int | None = None
     action: str | None = None
     head_owner: str | None = None  # owner of the head repository (a fork's owner); None: gone
+    label: str | None = None  # the label added or removed (`labeled`, `unlabeled`)
     # repository.private of the payload; None (unknown) is treated as private.
     private: bool | None = None
 
@@ -360,6 +361,8 @@ def _decide_pre_merge(delivery: Delivery, target_branch: str) -> BuildRequest | 
     return BuildRequest(
         kind=BuildKind.PRE_MERGE,
         head_sha=head_sha,
+        label=((delivery.payload.get("label") or {}).get("name")
+               if action in ("labeled", "unlabeled") else None),
         pr_number=number,
         pr_title=title,
         labels=labels,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from github_app.forks import maintainer_allows, trusted_head
+from github_app.forks import approves_head, trusted_head
+from github_app.webhooks import BuildKind, BuildRequest
 
 
 def test_by_default_only_the_base_owners_own_branches_are_trusted():
@@ -28,7 +29,17 @@ def test_a_deleted_fork_is_never_trusted():
     assert not trusted_head(None, "octo-org", ("octo-org",))
 
 
-def test_the_build_label_is_a_maintainers_go_ahead():
-    """`slipway:build` (any case) lifts the rule for one pull request."""
-    assert maintainer_allows(["bug", "Slipway:Build"])
-    assert not maintainer_allows(["bug", "slipway"])
+def request(action, labels, label=None):
+    return BuildRequest(kind=BuildKind.PRE_MERGE, delivery_id="d", installation_id=1,
+                        owner="octo-org", repo="svc", clone_url=None, html_url=None,
+                        head_sha="a" * 40, sender="maintainer", action=action,
+                        labels=tuple(labels), label=label)
+
+
+def test_adding_the_build_label_approves_that_head_only():
+    """`slipway:build` (any case) being added approves the head; its presence later does not."""
+    assert approves_head(request("labeled", ["bug", "Slipway:Build"], label="Slipway:Build"))
+    assert not approves_head(request("synchronize", ["slipway:build"]))
+    assert not approves_head(request("labeled", ["slipway:build", "version:1.0.0"],
+                                     label="version:1.0.0"))
+    assert not approves_head(request("labeled", ["slipway"], label="slipway"))

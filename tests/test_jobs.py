@@ -535,3 +535,33 @@ def test_opening_a_damaged_store_fails_clearly(data_dir):
     path.write_bytes(b"garbage" * 1000)
     with pytest.raises(StoreUnavailable, match=str(path)):
         JobStore(path)
+
+
+def test_builds_before_the_merge_never_show_on_the_badge(store):
+    """A pull request's failed pre-merge build (no merge commit) leaves the badge on develop's."""
+    job_id = enqueue(store, "d-1", repository="octo/a").job_id
+    merged = new_build(store, job_id, state="succeeded", version="1.0.0", finished_at=100.0)
+    pre = store.create_build(job_id, repository="octo/a", service="app", pr_number=9,
+                             head_sha="p" * 40, merge_sha="", check_run_name="docker build")
+    store.update_build(pre, state="failed", finished_at=200.0)
+    assert store.latest_finished_build("octo/a") == merged
+    assert store.get_build(pre).pre_merge and not merged.pre_merge
+
+
+def test_a_newer_push_to_the_pull_request_is_found_and_a_label_is_not(store):
+    """newer_head names the head of a later job of the same pull request when it differs."""
+    first = enqueue(store, "d-1", kind="pre_merge", pr_number=9, head_sha="a" * 40).job_id
+    enqueue(store, "d-2", kind="pre_merge", pr_number=9, head_sha="a" * 40)  # a label
+    enqueue(store, "d-3", kind="pre_merge", pr_number=8, head_sha="c" * 40)  # another PR
+    assert store.newer_head("octo/app", 9, first, "a" * 40) is None
+    enqueue(store, "d-4", kind="pre_merge", pr_number=9, head_sha="b" * 40)  # a push
+    assert store.newer_head("octo/app", 9, first, "a" * 40) == "b" * 40
+
+
+def test_cancelled_and_skipped_builds_are_finished_and_reported(store):
+    """The states before the merge are finished states, retried until GitHub takes them."""
+    job_id = enqueue(store, "d-1").job_id
+    cancelled = new_build(store, job_id, state="cancelled", note="b" * 40)
+    skipped = new_build(store, job_id, service="web", state="skipped", note="stranger")
+    assert cancelled.finished and skipped.finished
+    assert [b.id for b in store.unreported_builds()] == [cancelled.id, skipped.id]

@@ -89,6 +89,13 @@ def test_an_opened_pull_request_is_staged_and_previewed(harness, registry):
         f"Merging publishes `{repo.name}:1.4.0` (`semver:minor` over 1.3.2).")
     assert "pr-12" in registry.tags(repo.name)
     assert labels_of(registry, repo.name, "pr-12")[REVISION] == repo.head_sha
+
+    # Merged, the fork's code is the target branch's: built like any other merge.
+    deliver(harness, repo.merged(labels=["version:3.0.0"], number=12, head_sha=newer,
+                                 head_owner="stranger"))
+    harness.run_worker()
+    assert labels_of(registry, repo.name, "3.0.0")[REVISION] == repo.merge_sha
+    assert "pr-12" not in registry.tags(repo.name)
     # No release tag appeared and no status was set on any commit by the pre-merge build.
     assert sorted(registry.tags(repo.name)) == sorted(["1.3.2", "1", "1.3", "latest", "pr-12"])
     staged = only([b for b in builds_of(harness, repo) if b.pre_merge])
@@ -211,7 +218,8 @@ def test_merge_with_a_changed_tree_is_built(harness, registry):
 
 def test_a_fork_is_built_only_after_a_maintainer_adds_slipway_build(harness, registry):
     """A fork's pull request is not built before the merge (the check says so) until a
-    maintainer labels it `slipway:build`; then it is built and staged."""
+    maintainer labels it `slipway:build`; then that head is built and staged, and a later
+    push is not built on the strength of the old label."""
     repo = tiny_repo(harness)
     deliver(harness, repo.pull_request("opened", labels=["version:3.0.0"],
                                        head_owner="stranger"))
@@ -227,6 +235,23 @@ def test_a_fork_is_built_only_after_a_maintainer_adds_slipway_build(harness, reg
     latest = max(harness.final_check_runs(repo), key=lambda r: r["id"])
     assert latest["conclusion"] == "success", latest["output"]
     assert "pr-12" in registry.tags(repo.name)
+
+    # A push after the approval is unreviewed again, though the label stays on the PR.
+    newer = harness.fake.add_commit(repo.owner, repo.name, branch="feature",
+                                    files={"app.py": "print('unreviewed')\n"})
+    deliver(harness, repo.pull_request("synchronize", labels=["version:3.0.0", "slipway:build"],
+                                       head_sha=newer, head_owner="stranger"))
+    harness.run_worker()
+    run = only(harness.final_check_runs(repo, newer))
+    assert run["conclusion"] == "neutral"
+    assert labels_of(registry, repo.name, "pr-12")[REVISION] == repo.head_sha
+
+    # Merged, the fork's code is the target branch's: built like any other merge.
+    deliver(harness, repo.merged(labels=["version:3.0.0"], number=12, head_sha=newer,
+                                 head_owner="stranger"))
+    harness.run_worker()
+    assert labels_of(registry, repo.name, "3.0.0")[REVISION] == repo.merge_sha
+    assert "pr-12" not in registry.tags(repo.name)
 
 
 def test_closing_without_a_merge_removes_the_staging_tag(harness, registry):
