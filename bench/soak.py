@@ -517,6 +517,7 @@ class Soak:
     # -- the checks ------------------------------------------------------------------------
 
     def verify(self, jobs_live: dict[str, int], stop_code, elapsed: float) -> int:
+        self.lost_causes: Counter = Counter()
         problems: list[str] = []
         lost = duplicated = published = 0
         reported: dict[str, list[tuple[str, str, Merge]]] = defaultdict(list)
@@ -527,6 +528,8 @@ class Soak:
             open_runs += sum(1 for r in runs if r["status"] != "completed")
             if not good:
                 lost += 1
+                done = [r for r in runs if r["status"] == "completed"]
+                self.lost_causes[_cause(done[-1]) if done else "no completed check run"] += 1
                 why = "; ".join(f"{r['status']}/{r['conclusion']}: {_gist(r)}"
                                 for r in runs) or "no check run"
                 attempts = [a.status_code for a in self.fake.deliveries.of_guid(merge.guid)]
@@ -682,6 +685,8 @@ class Soak:
         state = "pruning is on this commit" if self.pruning else \
             "pruning has not landed on this commit: not checked"
         print(f"local images:        {self.images} (KEEP_IMAGES={self.args.keep_images}; {state})")
+        if self.lost_causes:
+            print(f"lost, by cause:      {dict(self.lost_causes)}")
         for rejection in self.fake.rejections[:10]:
             print(f"GitHub rejected:     {rejection}")
 
@@ -719,6 +724,16 @@ def _gist(run: dict) -> str:
     failed = next((line for line in lines if line.startswith("**What failed")), "")
     detail = next((line for line in lines if not line.startswith("**")), "")
     return f"{failed} {detail}".replace("**", "")[:300]
+
+
+def _cause(run: dict) -> str:
+    """A short name for why a check run failed: its "What failed" and the error's start."""
+    summary = (run.get("output") or {}).get("summary") or ""
+    lines = [line.strip() for line in summary.splitlines() if line.strip()]
+    failed = next((line for line in lines if line.startswith("**What failed")), "?")
+    detail = next((line for line in lines if not line.startswith("**")), "")
+    detail = re.sub(r"127\.0\.0\.1:\d+", "HOST", detail)
+    return (failed.replace("**What failed:**", "").strip() + ": " + detail[:70]).strip()
 
 
 def _semver_key(tag: str):
