@@ -512,6 +512,19 @@ class Soak:
         jobs_live = self.jobs_by_state()
         code = self.slipway.stop()
         say(f"soak: Slipway stopped with SIGTERM (exit {code}) after {elapsed:.0f} s")
+        self.images_at_stop = self.local_images()
+        if (ROOT / "github_app" / "pruning.py").exists():
+            # Pruning runs at start and then hourly: one more start, as a deploy
+            # would, shows what the bound holds the build host to.
+            self.slipway.start()
+            self.slipway.wait_listening()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(
+                    n > self.args.keep_images for n in self.local_images().values()):
+                time.sleep(1.0)
+            second = self.slipway.stop()
+            say(f"soak: started once more to prune, stopped again (exit {second})")
+            code = code if code != 0 else second
         return self.verify(jobs_live, code, elapsed)
 
     # -- the checks ------------------------------------------------------------------------
@@ -684,7 +697,8 @@ class Soak:
         print(f"DATA_DIR:            {self.data_mb:.1f} MB (bound {self.args.max_data_mb} MB)")
         state = "pruning is on this commit" if self.pruning else \
             "pruning has not landed on this commit: not checked"
-        print(f"local images:        {self.images} (KEEP_IMAGES={self.args.keep_images}; {state})")
+        print(f"local images:        {self.images} (KEEP_IMAGES={self.args.keep_images}; {state}); "
+              f"at the first stop: {self.images_at_stop}")
         if self.lost_causes:
             print(f"lost, by cause:      {dict(self.lost_causes)}")
         for rejection in self.fake.rejections[:10]:
