@@ -393,9 +393,10 @@ class Soak:
         """SIGKILL Slipway and restart the registry, in a shuffled order, at random gaps."""
         started = time.monotonic()
         aimed = min(self.args.kills_after_push, self.args.kills)
-        plan = (["kill"] * (self.args.kills - aimed) + ["kill-after-push"] * aimed
-                + ["registry"] * self.args.registry_restarts)
+        plan = ["kill"] * (self.args.kills - aimed) + ["registry"] * self.args.registry_restarts
         self.chaos_rng.shuffle(plan)
+        for i in range(aimed):  # early, while builds come in: a push to wait for
+            plan.insert(2 * i, "kill-after-push")
         for kind in plan:
             if self.stopping.wait(self.chaos_rng.uniform(*self.args.chaos_gap)):
                 return
@@ -770,9 +771,9 @@ def main() -> int:
     parser.add_argument("--keep-images", type=int, default=2)
     parser.add_argument("--lease-seconds", type=int, default=15)
     parser.add_argument("--max-data-mb", type=float, default=50.0)
-    parser.add_argument("--merge-gap", type=float, nargs=2, default=(0.5, 3.0),
+    parser.add_argument("--merge-gap", type=float, nargs=2, default=(1.0, 5.0),
                         metavar=("MIN", "MAX"), help="seconds between merges")
-    parser.add_argument("--chaos-gap", type=float, nargs=2, default=(15.0, 40.0),
+    parser.add_argument("--chaos-gap", type=float, nargs=2, default=(10.0, 30.0),
                         metavar=("MIN", "MAX"),
                         help="seconds between two kills or registry restarts")
     parser.add_argument("--fault-gap", type=float, nargs=2, default=(2.0, 6.0),
