@@ -52,7 +52,7 @@ KINDS: dict[FailureKind, _KindInfo] = {
     FailureKind.VERSION: _KindInfo(
         "the version", Cause.REPOSITORY,
         "Give the pull request a version: a label like `version:1.4.0`, `1.4.0` in the title, "
-        f"or a label `semver:patch`; {_RERUN}.",
+        f"or a label `semver:patch`; {_RERUN} (it reads the pull request again).",
     ),
     FailureKind.VERSION_TAKEN: _KindInfo(
         "the version (already published)", Cause.REPOSITORY,

@@ -35,7 +35,7 @@ from github_app.reports import LOG_TAIL_BYTES, request_from_job
 from github_app.services import Service, parse_services
 from github_app.source import unpack_tarball
 from github_app.staging import move_floating_tags, publish_staged, remove_stage
-from github_app.versions import Version, VersionSource, resolve_version
+from github_app.versions import Version, kept_version, rerun_version, resolve_version
 from github_app.webhooks import BuildKind, BuildRequest
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class JobRun:
         self.job = job
         self.request = request_from_job(job)
         self.client = worker.github.installation(self.request.installation_id)
-        self.previous: dict[str, Build] = {}
+        self.rerun = False
         self.only_services: set[str] | None = None
 
     def execute(self) -> bool:
@@ -78,6 +78,8 @@ class JobRun:
             return False
         existing = {b.service: b for b in self.store.builds_for_job(self.job.id)}
         try:
+            if self.rerun:
+                self._read_pull_request_again()
             services = self._services()
         except (ServiceConfigError, GitHubError) as exc:
             # A job resumed after a crash already has its builds and check runs: end
@@ -141,11 +143,23 @@ class JobRun:
             log.info("re-run of a check Slipway has no record of; nothing to build",
                      extra={"job_id": self.job.id})
             return False
-        # A re-run builds the same merge again; versions it resolved are kept,
-        # so that re-running a `semver:minor` build does not bump twice.
-        self.previous = {b.service: b for b in originals}
-        self.request = replace(merge, delivery_id=request.delivery_id)
+        # A re-run builds the same merge again, as the installation that sent the
+        # re-run (the App may have been reinstalled since the merge).
+        self.rerun = True
+        self.request = replace(merge, delivery_id=request.delivery_id,
+                               installation_id=request.installation_id)
         return True
+
+    def _read_pull_request_again(self) -> None:
+        """The pull request as it is now: a label or title added after a failure counts."""
+        if self.request.pr_number is None:
+            return
+        pull = self.client.get_pull_request(self.request.owner, self.request.repo,
+                                            self.request.pr_number)
+        labels = tuple(label["name"] for label in pull.get("labels") or () if label.get("name"))
+        self.request = replace(self.request, labels=labels, pr_title=pull.get("title") or "")
+        log.info("re-run reads pull request #%s again: labels %s", self.request.pr_number,
+                 ", ".join(labels) or "none", extra={"job_id": self.job.id})
 
     def _merge_of(self, head_sha: str) -> BuildRequest | None:
         """The merge that built `head_sha` (re-runs, and re-runs of re-runs, point at it)."""
@@ -229,10 +243,19 @@ class JobRun:
                           secrets=(config.registry_password, config.webhook_secret)) as buildlog:
             version = None
             try:
-                version = self._version(service)
+                version = self._version(service, build)
+                # Stored the moment it is resolved: a job resumed after a crash reuses it.
                 self.store.update_build(build.id, version=version.tag,
                                         version_source=version.explanation)
-                self._check_version_is_free(service, version)
+                reported = self._published_image(service, version)
+                if reported is not None:
+                    buildlog.append(f"Slipway: {reported.reference} is already in the "
+                                    f"registry, built from {build.merge_sha}; reporting it, "
+                                    "not pushing again")
+                    floating = move_floating_tags(self.config, service.name, version,
+                                                  reported.digest, buildlog.append)
+                    return Outcome(BuildState.SUCCEEDED, version=version, result=reported,
+                                   log_tail=buildlog.tail(LOG_TAIL_BYTES), floating=floating)
                 published = None
                 if self.request.kind == BuildKind.MERGE:
                     published = publish_staged(self.config, self.client, self.store,
@@ -279,31 +302,67 @@ class JobRun:
         return Outcome(BuildState.SUCCEEDED, version=version, result=result,
                        log_tail=result.log_tail, floating=floating)
 
-    def _version(self, service: Service) -> Version:
-        previous = self.previous.get(service.name)
-        if previous is not None and previous.version:
-            return Version(text=previous.version, tag=previous.version,
-                           source=VersionSource.LABEL, explanation=(
-                               f"kept from the build being re-run "
-                               f"({previous.version_source or 'earlier build'})"))
-        # Only the semver:* bump needs them, but the rules decide which applies.
+    def _version(self, service: Service, build: Build) -> Version:
+        if build.version:
+            # Resolved before a crash: a second `semver:*` bump would publish twice.
+            return kept_version(build.version, build.version_source or "resolved earlier")
+        published = self._published_for_this_merge(service, build) if self.rerun else None
         tags = registry_api.list_tags(
             self.config.registry, service.name,
             username=self.config.registry_username, password=self.config.registry_password,
         )
-        return resolve_version(self.request.labels, self.request.pr_title or "", tags)
+        current = resolve_version(self.request.labels, self.request.pr_title or "", tags)
+        return rerun_version(current, published)
 
-    def _check_version_is_free(self, service: Service, version: Version) -> None:
-        """Versions are immutable: refuse a tag the registry holds from another commit."""
+    def _published_for_this_merge(self, service: Service, build: Build) -> str | None:
+        """The newest version an earlier build of this merge published, if any."""
+        earlier = [b for b in self.store.find_builds_by_head_sha(self.request.repository,
+                                                                 build.head_sha)
+                   if b.id != build.id and b.service == service.name and b.version
+                   and b.merge_sha == build.merge_sha]
+        checked = set()
+        for candidate in reversed(earlier):
+            if candidate.state is BuildState.SUCCEEDED:
+                return candidate.version
+            # Pushed, then lost before it was recorded (a crash): the registry knows.
+            if candidate.version not in checked:
+                checked.add(candidate.version)
+                labels = registry_api.image_labels(
+                    self.config.registry, service.name, candidate.version,
+                    username=self.config.registry_username,
+                    password=self.config.registry_password,
+                )
+                if labels and labels.get(REVISION_LABEL) == build.merge_sha:
+                    return candidate.version
+        return None
+
+    def _published_image(self, service: Service, version: Version) -> builder.BuildResult | None:
+        """The image the registry holds for this version when this merge built it, else None.
+
+        Versions are immutable: a tag the registry holds from another commit is refused.
+        """
         labels = registry_api.image_labels(
             self.config.registry, service.name, version.tag,
             username=self.config.registry_username, password=self.config.registry_password,
         )
         if labels is None:
-            return
+            return None
         commit = labels.get(REVISION_LABEL)
         if commit != self.request.merge_commit_sha:
             raise VersionTaken(service=service.name, tag=version.tag, commit=commit)
+        image = registry_api.Registry(
+            self.config.registry, username=self.config.registry_username,
+            password=self.config.registry_password,
+        ).read_image(service.name, version.tag)
+        if image is None:  # deleted in between: build it again
+            return None
+        tag = f"{self.config.registry}/{service.name}:{version.tag}"
+        return builder.BuildResult(
+            service=service.name, version=version.tag, tag=tag,
+            reference=f"{tag}@{image.digest}", digest=image.digest,
+            image_id=image.manifest["config"]["digest"], size=image.size, duration=0.0,
+            log_tail="",
+        )
 
     def _finish(self, build: Build, outcome: Outcome) -> BuildState:
         """Record the outcome, then report it; the record comes first."""
@@ -318,7 +377,8 @@ class JobRun:
                           version_source=outcome.version.explanation)
         if result is not None:
             fields.update(reference=result.reference, digest=result.digest,
-                          image_id=result.image_id, size=result.size, duration=result.duration,
+                          image_id=result.image_id, size=result.size,
+                          duration=result.duration or fields["duration"],
                           published_from=outcome.published_from,
                           floating_tags=",".join(outcome.floating))
         if outcome.failure is not None:

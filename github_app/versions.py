@@ -162,3 +162,19 @@ def _make(text: str, source: VersionSource, explanation: str, *, reason: str = "
             "Docker tags cannot hold `+`"
         )
     return Version(text=text, tag=tag, source=source, explanation=explanation, reason=reason)
+
+
+def kept_version(tag: str, explanation: str) -> Version:
+    """A version decided earlier (stored on the build, or already published), used again."""
+    return Version(text=tag, tag=tag, source=VersionSource.LABEL, explanation=explanation,
+                   reason="kept")
+
+
+def rerun_version(current: Version, published: str | None) -> Version:
+    """The version a re-run publishes: the pull request's as it is now, except that a
+    `semver:*` bump keeps the version this merge already published (never bumps twice)."""
+    if published is None or current.source is not VersionSource.BUMP:
+        return current
+    return kept_version(published, (
+        f"{published}, already published for this merge: a `semver:*` bump is applied once "
+        f"(now it would give {current.text})"))

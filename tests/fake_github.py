@@ -380,6 +380,32 @@ class FakeGitHub:
             }
             return self._pull_request_json(repo, number)
 
+    def edit_pull_request(self, owner: str, name: str, number: int, *,
+                          title: str | None = None, labels: list[str] | None = None) -> dict:
+        """Change a pull request's title or labels, as a user does after the merge."""
+        with self._lock:
+            repo = self._repo(owner, name)
+            pr = self.pull_requests[(repo.full_name.lower(), number)]
+            if title is not None:
+                pr["title"] = title
+            if labels is not None:
+                pr["labels"] = list(labels)
+            return self._pull_request_json(repo, number)
+
+    def reinstall(self, owner: str, name: str) -> int:
+        """Uninstall the App from the repository's account and install it again.
+
+        The old installation and its tokens stop working; returns the new id."""
+        with self._lock:
+            repo = self._repo(owner, name)
+            old = self.installations.pop(repo.installation_id)
+            new = self._new_id()
+            self.installations[new] = Installation(new, old.account, dict(old.permissions))
+            for other in self.repositories.values():
+                if other.installation_id == old.id:
+                    other.installation_id = new
+            return new
+
     def add_manifest_code(self, code: str) -> dict:
         """Register a one-time App-manifest code; returns the conversion it will answer."""
         with self._lock:

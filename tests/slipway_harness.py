@@ -54,8 +54,15 @@ class Repo:
         """The real `pull_request` `closed` example, pointed at this repository."""
         payload = merged_pull_request(labels=list(labels), title=title, base_ref=base_ref,
                                       merged=merged, merge_commit_sha=merge_sha or self.merge_sha)
-        return self._pointed(payload, head_sha=head_sha or self.head_sha, number=number,
-                             head_owner=head_owner)
+        payload = self._pointed(payload, head_sha=head_sha or self.head_sha, number=number,
+                                head_owner=head_owner)
+        # The same pull request on the fake GitHub, for a re-run to read again.
+        pull = payload["pull_request"]
+        self.harness.fake.add_pull_request(
+            self.owner, self.name, title=title, head_sha=pull["head"]["sha"],
+            merge_commit_sha=pull["merge_commit_sha"], number=pull["number"],
+            labels=list(labels), base=base_ref, merged=merged)
+        return payload
 
     def pull_request(self, action: str, labels=(), title="Add orders endpoint", *,
                      number: int = 12, head_sha: str | None = None, label: str | None = None,

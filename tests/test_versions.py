@@ -143,3 +143,18 @@ def test_every_tag_is_a_valid_docker_tag():
     assert DOCKER_TAG.fullmatch(resolve_version([], "Release 1.0.0-rc.1+b.2", []).tag)
     with pytest.raises(InvalidVersion):
         resolve_version(["version:1.0.0-" + "a" * 130], "", [])
+
+
+def test_a_rerun_keeps_the_version_a_bump_already_published():
+    """A semver:* bump is applied once per merge; a label or title version always counts."""
+    from github_app.versions import rerun_version
+
+    bump = resolve_version(["semver:patch"], "", ["0.0.1"])
+    assert bump.tag == "0.0.2"
+    kept = rerun_version(bump, "0.0.1")
+    assert kept.tag == "0.0.1" and "already published" in kept.explanation
+    assert rerun_version(bump, None) is bump
+    label = resolve_version(["version:2.0.0"], "", ["0.0.1"])
+    assert rerun_version(label, "0.0.1") is label
+    title = resolve_version([], "Release 3.0.0", [])
+    assert rerun_version(title, "0.0.1") is title
