@@ -1,4 +1,5 @@
-"""Build one artifact and publish it: a Docker image pushed to the team's registry.
+"""Build one artifact and publish it: a Docker image pushed to the team's registry, or
+(``"ami"``) a machine image registered in AWS (see builder.ami).
 
 ``build_artifact(...)`` is the public entry; it knows Docker and the registry,
 nothing of GitHub. Errors are ``BuilderError`` subclasses (see builder.errors).
@@ -13,8 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from builder.ami import AmiResult
 from builder.cancel import CANCELLED, TIMED_OUT, Stop, stoppable
 from builder.errors import (
+    AmiVersionTaken,
+    AwsAccessDenied,
+    AwsCredentialsMissing,
+    AwsError,
     BuildCancelled,
     BuilderError,
     BuildFailed,
@@ -26,7 +32,9 @@ from builder.errors import (
     InvalidReference,
     PushFailed,
     RegistryUnreachable,
+    SnapshotUploadFailed,
     UnsupportedArtifactType,
+    UnsupportedBaseImage,
 )
 from builder.references import image_name_for, image_tag, validate_service_name, validate_version
 from builder.settings import EngineSettings
@@ -35,7 +43,12 @@ __all__ = [
     "build_artifact",
     "image_name_for",
     "oci_labels",
+    "AmiResult",
     "BuildResult",
+    "AmiVersionTaken",
+    "AwsAccessDenied",
+    "AwsCredentialsMissing",
+    "AwsError",
     "EngineSettings",
     "SUPPORTED_TYPES",
     "SERVICE_LABEL",
@@ -50,10 +63,12 @@ __all__ = [
     "InvalidReference",
     "PushFailed",
     "RegistryUnreachable",
+    "SnapshotUploadFailed",
     "UnsupportedArtifactType",
+    "UnsupportedBaseImage",
 ]
 
-SUPPORTED_TYPES = ("docker",)
+SUPPORTED_TYPES = ("docker", "ami")
 OCI = "org.opencontainers.image"
 # Every image build_artifact makes carries its service name here: pruning finds
 # Slipway's images by this label and never touches others on a shared engine.
@@ -97,7 +112,11 @@ def build_artifact(
     memory: int | None = None,
     timeout: float | None = None,
     cancel: threading.Event | None = None,
-) -> BuildResult:
+    push: bool | None = None,
+    work_dir: str | None = None,
+    disk_path: str | None = None,
+    aws_session=None,
+) -> BuildResult | AmiResult:
     """Build ``context`` into ``REGISTRY/service_name:version``, push it, return what was pushed.
 
     ``dockerfile`` is relative to ``context`` (or absolute). The log goes to
@@ -105,6 +124,11 @@ def build_artifact(
     ``memory`` (bytes) limits every build step's container. After ``timeout``
     seconds, or once ``cancel`` is set, the build or push is stopped in the engine
     and BuildTimedOut or BuildCancelled is raised; nothing is pushed after that.
+
+    ``"ami"`` builds the same image, keeps it local unless ``push``, and returns
+    an ``AmiResult`` (the AMI id and region); ``work_dir`` holds its scratch
+    files, ``disk_path`` keeps the raw disk, ``aws_session`` is a boto3 session
+    (default: the SDK's usual environment).
     """
     started = time.monotonic()
     check_artifact_type(artifact_type)
@@ -121,6 +145,22 @@ def build_artifact(
 
     repository = f"{registry}/{service_name}"
     tag = image_tag(registry, service_name, version)
+    if artifact_type == "ami":
+        from builder.ami import build_ami
+
+        def push_image(client, log) -> None:
+            auth = {"username": username, "password": password or ""} if username else None
+            engine.push_image(client, repository=repository, version=version,
+                              registry=registry, auth=auth, log=log)
+
+        return build_ami(
+            service_name, version, context_dir=context_dir, dockerfile_path=dockerfile_path,
+            tag=tag, image_labels=image_labels, network=network, build_args=build_args,
+            on_log=on_log, revision=revision, source=source, docker_client=docker_client,
+            engine_settings=engine_settings, nocache=nocache, memory=memory,
+            timeout=timeout, cancel=cancel, push=push_image if push else None,
+            work_dir=work_dir, disk_path=disk_path, aws_session=aws_session,
+        )
     log = engine.BuildOutput(on_log)
     with (engine.opened(docker_client, settings=engine_settings) as client,
           stoppable(client, cancel=cancel, timeout=timeout) as stop):
@@ -179,11 +219,6 @@ def check_artifact_type(artifact_type: str) -> None:
     """Refuse the artifact types this builder cannot make."""
     if artifact_type in SUPPORTED_TYPES:
         return
-    if str(artifact_type).lower() == "ami":
-        raise UnsupportedArtifactType(
-            "AMI artifacts are not supported yet; use type 'docker' to publish a Docker image.",
-            artifact_type=artifact_type,
-        )
     raise UnsupportedArtifactType(
         f"Unknown artifact type {artifact_type!r}; supported types: "
         f"{', '.join(SUPPORTED_TYPES)}.",

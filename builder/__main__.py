@@ -1,8 +1,9 @@
 """``python -m builder build ...``: build one artifact and print the pushed reference.
 
 The build log goes to stderr as it runs; stdout holds only the reference, so
-``ref=$(python -m builder build ...)`` works. Exit codes: 0 pushed, 1 the
-build, the push or the engine failed, 2 bad input.
+``ref=$(python -m builder build ...)`` works; for ``--type ami`` it holds the
+AMI id and its region (``ami-0123456789abcdef0 eu-west-1``). Exit codes: 0
+pushed, 1 the build, the push, the engine or AWS failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -14,18 +15,21 @@ from collections.abc import Mapping, Sequence
 
 from builder import (
     SUPPORTED_TYPES,
+    AmiResult,
     BuilderError,
     ContextNotFound,
     DockerfileNotFound,
     InvalidReference,
     UnsupportedArtifactType,
+    UnsupportedBaseImage,
     build_artifact,
 )
 from builder.settings import EngineSettings
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-_BAD_INPUT = (InvalidReference, UnsupportedArtifactType, ContextNotFound, DockerfileNotFound)
+_BAD_INPUT = (InvalidReference, UnsupportedArtifactType, ContextNotFound, DockerfileNotFound,
+              UnsupportedBaseImage)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,8 +58,9 @@ def make_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     build.add_argument("--version", required=True, metavar="VERSION",
                        help="image tag, e.g. 1.4.0 (letters, digits, _ . -; at most 128)")
     build.add_argument("--type", default="docker", metavar="TYPE", dest="artifact_type",
-                       help=f"artifact type: {' | '.join(SUPPORTED_TYPES + ('ami',))} "
-                            f"(ami is not supported yet; default: docker)")
+                       help=f"artifact type: {' | '.join(SUPPORTED_TYPES)} (default: docker). "
+                            "ami: a bootable disk registered as the AMI <NAME>-<VERSION> in "
+                            "AWS_DEFAULT_REGION; the image stays local unless --push")
     build.add_argument("--context", default=".", metavar="DIR",
                        help="build context directory (default: .)")
     build.add_argument("--dockerfile", default="Dockerfile", metavar="PATH",
@@ -79,6 +84,10 @@ def make_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                        help="source URL, stored as org.opencontainers.image.source")
     build.add_argument("--no-cache", action="store_true", dest="nocache",
                        help="do not use the build cache")
+    build.add_argument("--push", action="store_true",
+                       help="ami: push the Docker image to the registry too")
+    build.add_argument("--keep-disk", metavar="PATH", dest="disk_path",
+                       help="ami: keep the raw disk at PATH (to boot it in QEMU, say)")
     return parser
 
 
@@ -129,6 +138,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             password=environ.get("REGISTRY_PASSWORD") or None,
             nocache=args.nocache,
             engine_settings=EngineSettings.from_environ(environ),
+            push=args.push,
+            disk_path=args.disk_path,
         )
     except BuilderError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
@@ -136,7 +147,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    print(result.reference)
+    if isinstance(result, AmiResult):
+        print(f"{result.image_id} {result.region}")
+    else:
+        print(result.reference)
     return 0
 
 

@@ -340,3 +340,58 @@ def remove_image(client, image: LocalImage) -> bool:
                 return False  # in use by a container, or tagged again meanwhile
             raise
     return True
+
+
+def read_image_file(client, image: str, path: str) -> str | None:
+    """The text of ``path`` in ``image`` (symlinks followed), or None when it is not there.
+
+    Read from a container that is created, never started: nothing of the image runs.
+    """
+    import io
+    import posixpath
+    import tarfile
+
+    with engine_errors():
+        container = client.api.create_container(image, command=["/nonexistent"],
+                                                network_disabled=True)
+    try:
+        for _ in range(10):  # /etc/os-release is a symlink to ../usr/lib/os-release
+            try:
+                chunks, _stat = client.api.get_archive(container["Id"], path)
+            except docker.errors.NotFound:
+                return None
+            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+                member = archive.next()
+                if member is None:
+                    return None
+                if member.issym():
+                    path = posixpath.normpath(posixpath.join(posixpath.dirname(path),
+                                                             member.linkname))
+                    continue
+                extracted = archive.extractfile(member)
+                return extracted.read().decode("utf-8", "replace") if extracted else None
+        return None
+    finally:
+        with engine_errors():
+            client.api.remove_container(container["Id"], force=True)
+
+
+@contextmanager
+def exported_files(client, image: str) -> Iterator[Iterable[bytes]]:
+    """``docker export`` of a container created (never started) from ``image``: its files
+    as one tar stream."""
+    with engine_errors():
+        container = client.api.create_container(image, command=["/nonexistent"],
+                                                network_disabled=True)
+    try:
+        with engine_errors():
+            yield client.api.export(container["Id"])
+    finally:
+        with engine_errors():
+            client.api.remove_container(container["Id"], force=True)
+
+
+def image_config(client, image: str) -> dict:
+    """The engine's ``GET /images/{name}/json`` answer."""
+    with engine_errors():
+        return client.api.inspect_image(image)

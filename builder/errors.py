@@ -4,13 +4,20 @@
 
     BuilderError                      blame
     ├── InvalidReference              repository   bad service name or version
-    ├── UnsupportedArtifactType       repository   "ami", or a type we do not know
+    ├── UnsupportedArtifactType       repository   a type we do not know
     ├── ContextNotFound               repository   the build context directory is missing
     ├── DockerfileNotFound            repository   no Dockerfile where it was said to be
     ├── BuildFailed(step, log_tail)   repository   a Dockerfile instruction failed
     ├── PushFailed(reason, ...)       infrastructure   the registry did not take the image
     ├── EngineUnreachable             infrastructure   no Docker engine answers
-    └── RegistryUnreachable           infrastructure   the registry's HTTP API does not answer
+    ├── RegistryUnreachable           infrastructure   the registry's HTTP API does not answer
+    ├── UnsupportedBaseImage          repository   ami: the image is not Debian or Ubuntu based
+    ├── AmiVersionTaken               repository   ami: the AMI name is another commit's
+    ├── DiskAssemblyFailed(tool)      infrastructure   ami: a disk tool is missing or failed
+    └── AwsError(action)              infrastructure   ami: an AWS call failed
+        ├── AwsCredentialsMissing                  no credentials or no region
+        ├── AwsAccessDenied                        the IAM policy lacks ``action``
+        └── SnapshotUploadFailed(snapshot_id)      the upload stopped; the snapshot is deleted
 
 ``blame`` says whose move it is: ``"repository"`` means the user's repository or
 input must change (commit status ``failure``); ``"infrastructure"`` means the
@@ -146,3 +153,67 @@ class BuildOutOfMemory(BuildFailed):
                  detail: str = ""):
         super().__init__(message, step=step, log_tail=log_tail, detail=detail)
         self.memory = memory
+
+
+class UnsupportedBaseImage(BuilderError):
+    """A machine image needs a Debian or Ubuntu userland (apt, a kernel package)."""
+
+    blame = REPOSITORY
+
+    def __init__(self, message: str, *, image: str, found: str):
+        super().__init__(message)
+        self.image = image
+        self.found = found
+
+
+class AmiVersionTaken(BuilderError):
+    """An AMI named ``<service>-<version>`` exists, registered from another revision."""
+
+    blame = REPOSITORY
+
+    def __init__(self, message: str, *, name: str, image_id: str, revision: str | None):
+        super().__init__(message)
+        self.name = name
+        self.image_id = image_id
+        self.revision = revision
+
+
+class DiskAssemblyFailed(BuilderError):
+    """A tool that assembles the disk (mke2fs, mkfs.vfat, mcopy, sfdisk) is missing or failed."""
+
+    blame = INFRASTRUCTURE
+
+    def __init__(self, message: str, *, tool: str, detail: str = ""):
+        super().__init__(message)
+        self.tool = tool
+        self.detail = detail
+
+
+class AwsError(BuilderError):
+    """An AWS call failed; ``action`` is its IAM action (``ebs:PutSnapshotBlock``)."""
+
+    blame = INFRASTRUCTURE
+
+    def __init__(self, message: str, *, action: str, code: str = "", detail: str = ""):
+        super().__init__(message)
+        self.action = action
+        self.code = code
+        self.detail = detail
+
+
+class AwsCredentialsMissing(AwsError):
+    """boto3 found no credentials, or no region to work in."""
+
+
+class AwsAccessDenied(AwsError):
+    """The credentials are valid but their IAM policy does not allow ``action``."""
+
+
+class SnapshotUploadFailed(AwsError):
+    """The snapshot upload stopped; ``deleted`` says whether the unfinished snapshot is gone."""
+
+    def __init__(self, message: str, *, action: str, snapshot_id: str, deleted: bool,
+                 code: str = "", detail: str = ""):
+        super().__init__(message, action=action, code=code, detail=detail)
+        self.snapshot_id = snapshot_id
+        self.deleted = deleted
