@@ -95,6 +95,16 @@ def published(docker_client, registry):
     tracker.cleanup()
 
 
+@pytest.fixture(scope="session")
+def moto():
+    """moto's server on a loopback port: EBS direct APIs and EC2 (tests/fake_aws.py)."""
+    from fake_aws import MotoServer
+
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def data_dir(tmp_path):
     path = tmp_path / "data"

@@ -37,7 +37,7 @@ def test_build_prints_the_pushed_reference_alone(registry, published, unique_nam
     [
         (["--service", "Orders", "--version", "1.0.0"], "Invalid service name 'Orders'"),
         (["--service", "orders", "--version", "1.0.0+b"], "Invalid version '1.0.0+b'"),
-        (["--service", "orders", "--version", "1", "--type", "ami"], "AMI artifacts are not"),
+        (["--service", "orders", "--version", "1", "--type", "zip"], "Unknown artifact type"),
         (["--service", "orders", "--version", "1", "--context", "/nonexistent"], "does not exist"),
         (["--service", "orders", "--version", "1", "--build-arg", "=x"], "--build-arg"),
         (["--service", "orders"], "required: --version"),

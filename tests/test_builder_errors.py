@@ -60,16 +60,16 @@ def test_semver_build_metadata_error_suggests_the_dash_form(context, engine_nowh
                        engine_settings=engine_nowhere)
 
 
-def test_ami_is_not_supported_yet(context, engine_nowhere):
-    """type 'ami' says it is not supported yet."""
-    with pytest.raises(UnsupportedArtifactType, match="AMI artifacts are not supported yet"):
-        build_artifact("orders", "1.0.0", "ami", context=str(context),
+def test_an_ami_name_ec2_would_refuse_is_refused_before_any_work(context, engine_nowhere):
+    """type 'ami': `<service>-<version>` over EC2's 128 characters fails as bad input."""
+    with pytest.raises(InvalidReference, match="AMI name .* is not valid"):
+        build_artifact("orders", "1." + "0" * 126, "ami", context=str(context),
                        engine_settings=engine_nowhere)
 
 
 def test_unknown_type_lists_supported_types(context, engine_nowhere):
     """An unknown type names the supported ones."""
-    with pytest.raises(UnsupportedArtifactType, match="supported types: docker"):
+    with pytest.raises(UnsupportedArtifactType, match="supported types: docker, ami"):
         build_artifact("orders", "1.0.0", "zip", context=str(context),
                        engine_settings=engine_nowhere)
 

@@ -52,8 +52,17 @@ class AmiResult:
 
     @property
     def reference(self) -> str:
-        """``ami-0123456789abcdef0 (eu-west-1)``: what the CLI prints and a check run shows."""
+        """``ami-0123456789abcdef0 (eu-west-1)``: what a check run and a build page show."""
         return f"{self.image_id} ({self.region})"
+
+    @property
+    def digest(self) -> str:
+        """What identifies the content: the snapshot (a BuildResult's registry digest)."""
+        return self.snapshot_id
+
+    @property
+    def size(self) -> int:
+        return self.disk_bytes
 
 
 def ami_name(service: str, version: str) -> str:
