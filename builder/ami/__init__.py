@@ -277,7 +277,7 @@ def _make_disk(client, image_id: str, config: bootable.ImageConfig, path: str, *
     root = os.path.join(work, "root")
     os.makedirs(root)
     with engine.exported_files(client, image_id) as stream:
-        disk.extract_rootfs(stream, root)
+        owners = disk.extract_rootfs(stream, root)
     unit = bootable.service_unit(config, description=f"{name} (Slipway)",
                                  is_executable=disk.is_executable_in(root))
     boot = disk.find_boot_files(root)
@@ -285,7 +285,7 @@ def _make_disk(client, image_id: str, config: bootable.ImageConfig, path: str, *
     content = layout.ext4_content_bytes(sizes, folders=folders)
     plan = layout.plan_disk(content, boot.size, seed=seed)
     disk.configure_rootfs(root, unit=unit, hostname=bootable.hostname_for(name), disk=plan)
-    disk.assemble(path, root, boot, plan, work=work)
+    disk.assemble(path, root, boot, plan, work=work, owners=owners)
     log.write(f"==> ami: disk {plan.gib} GiB: root {content / layout.MiB:.0f} MiB of files, "
               f"at least {layout.root_free_margin(content) / layout.MiB:.0f} MiB free\n")
     shutil.rmtree(root, ignore_errors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 from collections.abc import Iterable
@@ -26,6 +27,7 @@ TOOLS = {
     "mcopy": "mtools",
     "mmd": "mtools",
     "mke2fs": "e2fsprogs",
+    "debugfs": "e2fsprogs",
 }
 
 
@@ -54,13 +56,27 @@ def check_tools() -> None:
         )
 
 
-def extract_rootfs(stream: Iterable[bytes], folder: str) -> None:
+# The names were checked above; tarfile's own filters (Python 3.11.4+) would also drop
+# the setuid bits and absolute symlinks a root file system needs.
+_TRUSTED = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+Owners = dict[str, tuple[int, int, int]]  # "/path" -> (uid, gid, st_mode)
+_TYPE_BITS = {tarfile.REGTYPE: stat.S_IFREG, tarfile.AREGTYPE: stat.S_IFREG,
+              tarfile.CONTTYPE: stat.S_IFREG, tarfile.DIRTYPE: stat.S_IFDIR,
+              tarfile.SYMTYPE: stat.S_IFLNK, tarfile.FIFOTYPE: stat.S_IFIFO}
+
+
+def extract_rootfs(stream: Iterable[bytes], folder: str) -> Owners:
     """Unpack ``docker export``'s tar stream into ``folder``, owners and modes kept.
 
+    As root (in a container too: no privilege is needed), the files get their
+    owners and modes. As another user they cannot, so they are returned
+    instead and set in the file system after mke2fs (``fix_owners``).
     Device nodes are skipped (devtmpfs provides them at boot). A member that
     would land outside ``folder`` is refused: the tar comes from a container
     the repository's Dockerfile made.
     """
+    as_root = os.geteuid() == 0
+    owners: Owners = {}
     reader = _ChunkReader(stream)
     with tarfile.open(fileobj=reader, mode="r|") as archive:
         for member in archive:
@@ -74,8 +90,19 @@ def extract_rootfs(stream: Iterable[bytes], folder: str) -> None:
                 )
             if member.isdev() or name == ".dockerenv":
                 continue
-            archive.extract(member, folder, set_attrs=True, numeric_owner=True,
-                            filter="fully_trusted")
+            if as_root:
+                archive.extract(member, folder, set_attrs=True, numeric_owner=True,
+                                **_TRUSTED)
+                continue
+            # Modes are set later: a folder without write or a file without read
+            # permission would stop the extraction or mke2fs here.
+            archive.extract(member, folder, set_attrs=False, **_TRUSTED)
+            path = "/" if name == "." else "/" + name
+            if member.isfile() or member.isdir():
+                os.utime(os.path.join(folder, name), (member.mtime, member.mtime))
+            if not member.islnk() and member.type in _TYPE_BITS:
+                owners[path] = (member.uid, member.gid, _TYPE_BITS[member.type] | member.mode)
+    return owners
 
 
 class _ChunkReader:
@@ -190,14 +217,40 @@ def _resolve_inside(root: str, path: str, depth: int = 0) -> str | None:
 
 
 def assemble(disk_path: str, root: str, boot: BootFiles, disk: layout.DiskLayout,
-             *, work: str) -> None:
-    """Write the GPT, the ESP and the root file system into ``disk_path``."""
+             *, work: str, owners: Owners | None = None) -> None:
+    """Write the GPT, the ESP and the root file system into ``disk_path``.
+
+    ``owners`` (from a non-root extract_rootfs) are set in the root file system.
+    """
     with open(disk_path, "wb") as f:
         f.truncate(disk.size)
     _run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never", disk_path],
          input=layout.sfdisk_script(disk))
     _write_esp(disk_path, boot, disk, work=work)
     _write_root(disk_path, root, disk)
+    if owners is not None and os.geteuid() != 0:
+        fix_owners(disk_path, root, disk, owners, work=work)
+
+
+def fix_owners(disk_path: str, root: str, disk: layout.DiskLayout, owners: Owners,
+               *, work: str) -> None:
+    """Set every inode's owner and mode with debugfs, as the image had them; what Slipway
+    wrote (fstab, the unit, ...) belongs to root."""
+    commands = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in ["", *dirnames, *filenames]:
+            full = os.path.join(dirpath, name) if name else dirpath
+            path = "/" + os.path.relpath(full, root) if full != root else "/"
+            if '"' in path or "\n" in path:
+                continue  # debugfs cannot quote these; they keep the builder's owner
+            info = os.lstat(full)
+            uid, gid, mode = owners.get(path, (0, 0, info.st_mode))
+            commands += [f'sif "{path}" uid {uid}', f'sif "{path}" gid {gid}',
+                         f'sif "{path}" mode 0{mode:o}']
+    script = os.path.join(work, "owners.debugfs")
+    with open(script, "w", encoding="utf-8") as f:
+        f.write("\n".join(commands) + "\n")
+    _run(["debugfs", "-w", "-f", script, f"{disk_path}?offset={disk.root_start}"])
 
 
 def _write_esp(disk_path: str, boot: BootFiles, disk: layout.DiskLayout, *, work: str) -> None:
