@@ -30,6 +30,9 @@ class FailureKind(enum.StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     PUSH = "push"
     REGISTRY = "registry"
+    BASE_IMAGE = "base_image"
+    DISK = "disk"
+    AWS = "aws"
     ENGINE = "engine"
     SOURCE = "source"
     SOURCE_REFUSED = "source_refused"
@@ -97,6 +100,22 @@ KINDS: dict[FailureKind, _KindInfo] = {
         "the registry", Cause.INFRASTRUCTURE,
         f"Nothing to change in the repository: check that the registry answers, {_RERUN}.",
     ),
+    FailureKind.BASE_IMAGE: _KindInfo(
+        "the base image (a machine image needs Debian or Ubuntu)", Cause.REPOSITORY,
+        "Base the Dockerfile's last stage on a Debian or Ubuntu image and give it a `CMD` "
+        f"(docs/ami.md): {_NEW_PR}.",
+    ),
+    FailureKind.DISK: _KindInfo(
+        "assembling the machine image's disk", Cause.INFRASTRUCTURE,
+        "Nothing to change in the repository: install the disk tools the message names on "
+        f"the build host, {_RERUN}.",
+    ),
+    FailureKind.AWS: _KindInfo(
+        "AWS (uploading or registering the machine image)", Cause.INFRASTRUCTURE,
+        "Nothing to change in the repository: give Slipway's AWS credentials what the "
+        "message names (the IAM policy is in docs/ami.md) or wait for AWS to answer, "
+        f"{_RERUN}.",
+    ),
     FailureKind.ENGINE: _KindInfo(
         "the Docker engine", Cause.INFRASTRUCTURE,
         "Nothing to change in the repository: check that the Docker engine runs and that "
@@ -141,6 +160,10 @@ _BUILDER_KINDS = {
     "PushFailed": FailureKind.PUSH,
     "EngineUnreachable": FailureKind.ENGINE,
     "RegistryUnreachable": FailureKind.REGISTRY,
+    "UnsupportedBaseImage": FailureKind.BASE_IMAGE,
+    "AmiVersionTaken": FailureKind.VERSION_TAKEN,
+    "DiskAssemblyFailed": FailureKind.DISK,
+    "AwsError": FailureKind.AWS,
 }
 _SLIPWAY_KINDS = {
     errors.VersionNotFound: FailureKind.VERSION,

@@ -11,6 +11,7 @@ had opened; builds it finished before the crash are only reported.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -248,6 +249,10 @@ class JobRun:
                 self.store.update_build(build.id, version=version.tag,
                                         version_source=version.explanation)
                 reported = self._published_image(service, version)
+                if reported is not None and service.type == "ami":
+                    # The image is in the registry (pushed by an AMI build that stopped
+                    # later): the AMI build finds or makes its AMI, without a second push.
+                    reported = None
                 if reported is not None:
                     buildlog.append(f"Slipway: {reported.reference} is already in the "
                                     f"registry, built from {build.merge_sha}; reporting it, "
@@ -257,7 +262,8 @@ class JobRun:
                     return Outcome(BuildState.SUCCEEDED, version=version, result=reported,
                                    log_tail=buildlog.tail(LOG_TAIL_BYTES), floating=floating)
                 published = None
-                if self.request.kind == BuildKind.MERGE:
+                # An AMI is made from the merge itself: a staged image is never its stand-in.
+                if self.request.kind == BuildKind.MERGE and service.type != "ami":
                     published = publish_staged(self.config, self.client, self.store,
                                                self.request, service.name, version,
                                                buildlog.append)
@@ -288,6 +294,7 @@ class JobRun:
                     engine_settings=config.engine,
                     memory=config.build_memory,
                     timeout=limit.seconds,
+                    **self._artifact_options(service),
                 )
             except (builder.BuilderError, SlipwayError) as exc:
                 buildlog.append(f"Slipway: {exc}")
@@ -296,11 +303,23 @@ class JobRun:
                 if isinstance(exc, builder.BuildTimedOut):
                     outcome = _with_message(outcome, f"{exc} The limit is {limit.source}.")
                 return outcome
-            buildlog.append(f"Slipway: pushed {result.reference}")
-            floating = move_floating_tags(self.config, service.name, version, result.digest,
-                                          buildlog.append)
+            if isinstance(result, builder.AmiResult):
+                # Floating tags are the registry's; an AMI's name carries its version alone.
+                buildlog.append(f"Slipway: registered {result.reference}")
+                floating = []
+            else:
+                buildlog.append(f"Slipway: pushed {result.reference}")
+                floating = move_floating_tags(self.config, service.name, version,
+                                              result.digest, buildlog.append)
         return Outcome(BuildState.SUCCEEDED, version=version, result=result,
                        log_tail=result.log_tail, floating=floating)
+
+    def _artifact_options(self, service: Service) -> dict:
+        """`type: ami`: the image the AMI is made from is pushed too, so that versions,
+        bumps and immutability read the registry as for images; scratch files in DATA_DIR."""
+        if service.type != "ami":
+            return {}
+        return {"push": True, "work_dir": str(self._work_root())}
 
     def _version(self, service: Service, build: Build) -> Version:
         if build.version:
@@ -381,6 +400,8 @@ class JobRun:
                           duration=result.duration or fields["duration"],
                           published_from=outcome.published_from,
                           floating_tags=",".join(outcome.floating))
+            if isinstance(result, builder.AmiResult):
+                fields.update(artifact=machine_image_record(result))
         if outcome.failure is not None:
             fields.update(error=outcome.failure.message, failure_cause=outcome.failure.cause,
                           failure_kind=outcome.failure.kind)
@@ -411,3 +432,13 @@ def _with_message(outcome: Outcome, message: str) -> Outcome:
 
 def _moment(timestamp: float | None) -> datetime:
     return datetime.fromtimestamp(timestamp or time.time(), UTC)
+
+
+def machine_image_record(result: builder.AmiResult) -> str:
+    """The `artifact` column of a `type: ami` build: what its check run and page show."""
+    return json.dumps({
+        "type": "ami", "image_id": result.image_id, "region": result.region,
+        "name": result.name, "snapshot_id": result.snapshot_id, "phases": result.phases,
+        "disk_bytes": result.disk_bytes, "uploaded_bytes": result.uploaded_bytes,
+        "existing": result.existing,
+    })

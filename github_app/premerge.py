@@ -234,8 +234,11 @@ class PreMergeRun:
                             f"time limit {limit.seconds} s")
             started = time.monotonic()
             try:
+                # Before the merge an AMI service's Dockerfile is built and staged like an
+                # image's (a machine image per pushed commit would be slow and costly);
+                # its AMI is made from the merge.
                 result = self.worker.build_artifact(
-                    service.name, tag, service.type, context=str(root / service.context),
+                    service.name, tag, "docker", context=str(root / service.context),
                     dockerfile=service.dockerfile, registry=config.registry,
                     network=config.build_network, on_log=buildlog.append,
                     revision=build.head_sha, source=self.request.html_url,

@@ -7,6 +7,7 @@ the truth from here.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class Build:
     floating_tags: str | None = None  # comma-separated: moved (merge) or would move (before)
     version_reason: str | None = None  # "`semver:minor` over 1.3.2"
     note: str | None = None  # cancelled: the superseding commit; skipped: the fork's owner
+    artifact: str | None = None  # JSON: what a `type: ami` build registered (machine_image)
 
     @property
     def finished(self) -> bool:
@@ -74,6 +76,15 @@ class Build:
     def pre_merge(self) -> bool:
         """A build of a pull request's head before the merge (there is no merge commit yet)."""
         return not self.merge_sha
+
+    @property
+    def machine_image(self) -> dict[str, Any] | None:
+        """The AMI of a `type: ami` build: image_id, region, name, snapshot_id, phases
+        (seconds each), disk_bytes, uploaded_bytes, existing. None for an image build."""
+        if not self.artifact:
+            return None
+        data = json.loads(self.artifact)
+        return data if data.get("type") == "ami" else None
 
 
 # Fields update_build may set, with the conversion from Python to a column value.
@@ -98,6 +109,7 @@ _BUILD_UPDATABLE: dict[str, Callable[[Any], Any]] = {
     "floating_tags": str,
     "version_reason": str,
     "note": str,
+    "artifact": str,
 }
 FAILURE_CAUSES = ("repository", "infrastructure")
 

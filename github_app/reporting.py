@@ -123,6 +123,55 @@ def check_run_succeeded(
     )
 
 
+def check_run_ami_registered(
+    *,
+    ami: dict[str, Any],
+    version: Version,
+    commit_sha: str,
+    build_time: timedelta,
+    completed_at: datetime,
+    details_url: str,
+) -> dict[str, Any]:
+    """PATCH check-runs/{id}: `success` of a `type: ami` build: the AMI id and region, its
+    snapshot, the time of each phase and how to launch it. `ami` is Build.machine_image."""
+    image_id, region = ami["image_id"], ami["region"]
+    lines = [
+        f"Registered **`{image_id}`** in **`{region}`**"
+        + (" (already registered from this commit: nothing was rebuilt)"
+           if ami.get("existing") else ""),
+        "",
+        f"- **AMI name:** `{ami.get('name', '')}`",
+        f"- **Snapshot:** `{ami.get('snapshot_id') or 'unknown'}`",
+        f"- **Version:** `{version.text}`, {version.explanation}",
+        f"- **Built from:** merge commit `{commit_sha}` in {format_duration(build_time)}",
+    ]
+    if ami.get("disk_bytes"):
+        lines.append(f"- **Disk:** {ami['disk_bytes'] / 2**30:.0f} GiB, "
+                     f"{ami.get('uploaded_bytes', 0) / 2**20:.0f} MiB uploaded "
+                     "(blocks that are not all zeros)")
+    lines.append(f"- **Log:** {details_url}")
+    phases = ami.get("phases") or {}
+    if phases:
+        lines += ["", "| phase | time |", "|---|---:|"]
+        lines += [f"| {phase} | {phase_time(seconds)} |" for phase, seconds in phases.items()]
+    lines += [
+        "",
+        "```sh",
+        f"aws ec2 run-instances --region {region} --image-id {image_id} "
+        "--instance-type t3.micro",
+        "```",
+    ]
+    return _completed(
+        conclusion="success",
+        completed_at=completed_at,
+        details_url=details_url,
+        output={"title": f"Registered {image_id} ({region})",
+                "summary": trim_bytes("\n".join(lines), OUTPUT_LIMIT)},
+        name=None,
+        head_sha=None,
+    )
+
+
 def check_run_failed(
     *,
     failure: Failure,
@@ -249,6 +298,16 @@ def final_report(build: Build, *, details_url: str, log_tail: str) -> tuple[dict
     if build.version:
         version = Version(text=build.version, tag=build.version, source=VersionSource.LABEL,
                           explanation=build.version_source or "")
+    ami = build.machine_image
+    if build.state is BuildState.SUCCEEDED and ami is not None:
+        check_run = check_run_ami_registered(
+            ami=ami, version=version, commit_sha=build.merge_sha,
+            build_time=timedelta(seconds=build.duration or 0), completed_at=completed_at,
+            details_url=details_url,
+        )
+        status = status_body("success", f"Registered {ami['image_id']} ({ami['region']})",
+                             details_url, context=context)
+        return check_run, status
     if build.state is BuildState.SUCCEEDED:
         check_run = check_run_succeeded(
             reference=build.reference, version=version, commit_sha=build.merge_sha,
@@ -314,6 +373,13 @@ def iso8601(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def phase_time(seconds: float) -> str:
+    """`4.2 s` under a minute (phases are short), else as format_duration."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return format_duration(timedelta(seconds=seconds))
 
 
 def format_duration(duration: timedelta) -> str:

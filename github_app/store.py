@@ -141,9 +141,13 @@ CREATE TABLE IF NOT EXISTS sweeps (
 INSERT INTO sweeps (name) VALUES ('redeliver') ON CONFLICT (name) DO NOTHING
 """
 
+# v6: what a `type: ami` build registered (the AMI, its region, snapshot and phase
+# times), as JSON: the check run is rebuilt from the record alone.
+_SCHEMA_V6 = "ALTER TABLE builds ADD COLUMN artifact TEXT"
+
 # Migrations from version N to N+1, run in order inside one write transaction.
 MIGRATIONS: dict[int, str] = {
-    0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5,
+    0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5, 5: _SCHEMA_V6,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
