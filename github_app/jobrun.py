@@ -249,6 +249,7 @@ class JobRun:
                 self.store.update_build(build.id, version=version.tag,
                                         version_source=version.explanation)
                 reported = self._published_image(service, version)
+                push_image = reported is None
                 if reported is not None and service.type == "ami":
                     # The image is in the registry (pushed by an AMI build that stopped
                     # later): the AMI build finds or makes its AMI, without a second push.
@@ -294,7 +295,7 @@ class JobRun:
                     engine_settings=config.engine,
                     memory=config.build_memory,
                     timeout=limit.seconds,
-                    **self._artifact_options(service),
+                    **self._artifact_options(service, push=push_image),
                 )
             except (builder.BuilderError, SlipwayError) as exc:
                 buildlog.append(f"Slipway: {exc}")
@@ -314,12 +315,13 @@ class JobRun:
         return Outcome(BuildState.SUCCEEDED, version=version, result=result,
                        log_tail=result.log_tail, floating=floating)
 
-    def _artifact_options(self, service: Service) -> dict:
-        """`type: ami`: the image the AMI is made from is pushed too, so that versions,
-        bumps and immutability read the registry as for images; scratch files in DATA_DIR."""
+    def _artifact_options(self, service: Service, *, push: bool) -> dict:
+        """`type: ami`: the image the AMI is made from is pushed too (unless the registry
+        holds it already), so that versions, bumps and immutability read the registry as
+        for images; scratch files in DATA_DIR."""
         if service.type != "ami":
             return {}
-        return {"push": True, "work_dir": str(self._work_root())}
+        return {"push": push, "work_dir": str(self._work_root())}
 
     def _version(self, service: Service, build: Build) -> Version:
         if build.version:
