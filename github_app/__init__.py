@@ -13,7 +13,7 @@ __all__ = ["create_app"]
 
 def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Flask:
     """The Flask app. Without `config`, reads it from the environment once."""
-    from github_app import credentials, health, owners, pages, setup, views
+    from github_app import credentials, health, owners, pages, setup, signin, views
     from github_app import metrics as metrics_module
     from github_app.config import Config
     from github_app.jobs import JobStore
@@ -41,7 +41,7 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
     )
     if not config.has_app_credentials:
         setup.announce_setup_mode(config)
-    for blueprint in (pages.bp, health.bp, metrics_module.bp, setup.bp):
+    for blueprint in (pages.bp, health.bp, metrics_module.bp, setup.bp, signin.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = views.WebhookEndpoint(app.wsgi_app, runtime)
     return app

@@ -148,7 +148,9 @@ class JobRun:
         # re-run (the App may have been reinstalled since the merge).
         self.rerun = True
         self.request = replace(merge, delivery_id=request.delivery_id,
-                               installation_id=request.installation_id)
+                               installation_id=request.installation_id,
+                               # The re-run's delivery tells whether the repository is private now.
+                               private=request.private)
         return True
 
     def _read_pull_request_again(self) -> None:
@@ -190,6 +192,7 @@ class JobRun:
             head_sha=self.request.head_sha,
             merge_sha=self.request.merge_commit_sha,
             check_run_name=check_run_name,
+            private=self.request.private,
         )
         return self.store.get_build(build_id)
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
 
-from . import badges, reporting
+from . import badges, reporting, signin
 from .buildlog import BuildLogFile
 from .jobs import BuildState
 from .runtime import current_runtime
@@ -162,8 +162,9 @@ def _parse_state(value: str | None) -> BuildState | None:
 
 
 def _build_or_404(build_id: int) -> Any:
+    """The build, when the viewer may see it; 404 the same way when it is not there at all."""
     build = current_runtime().store.get_build(build_id)
-    if build is None:
+    if build is None or not signin.visibility().shows(build):
         abort(404, f"There is no build {build_id}.")
     return build
 
@@ -200,6 +201,9 @@ def _security_headers(response: Response) -> Response:
             "form-action 'self'; frame-ancestors 'none'"
         )
         response.headers["Referrer-Policy"] = "same-origin"
+        # What a page shows depends on who is signed in: no shared cache may keep it.
+        response.headers.setdefault("Cache-Control", "private, no-cache")
+        response.vary.add("Cookie")
     return response
 
 
@@ -253,7 +257,10 @@ def list_builds():
     limit = min(max(request.args.get("limit", DEFAULT_LIST_LIMIT, type=int), 1), MAX_LIST_LIMIT)
     if repository:
         repository = _canonical_repository(runtime.store, repository)
-    builds = runtime.store.recent_builds(limit=limit, repository=repository, state=state)
+    seen = signin.visibility()
+    readable = seen.readable(runtime.store.private_repositories()) if seen.viewer else set()
+    builds = runtime.store.recent_builds(limit=limit, repository=repository, state=state,
+                                         readable=readable)
     now = time.time()
     rows = [
         {
@@ -274,6 +281,15 @@ def list_builds():
         github=github_web_url(runtime.config.api_url),
         following=any(b.state in (BuildState.QUEUED, BuildState.RUNNING) for b in builds),
     )
+
+
+@bp.app_context_processor
+def _viewer_context() -> dict:
+    """Who is signed in, for the top bar of every page."""
+    runtime = current_runtime()
+    return {"viewer": signin.current_viewer(),
+            "signin_enabled": runtime.config.has_oauth_client,
+            "here": request.full_path.rstrip("?") if request else "/builds"}
 
 
 @bp.get("/builds/<int:build_id>")
@@ -315,7 +331,7 @@ def build_log(build_id: int):
     """The log as text/plain from `?offset=` (bytes) on; `X-Log-Offset` says where to go on."""
     runtime = current_runtime()
     build = runtime.store.get_build(build_id)
-    if build is None:
+    if build is None or not signin.visibility().shows(build):
         return Response(f"There is no build {build_id}.\n", status=404, mimetype="text/plain")
     offset = request.args.get("offset", 0, type=int)
     if offset < 0:
@@ -333,34 +349,42 @@ def build_log(build_id: int):
 # -- badges -------------------------------------------------------------------
 
 
-def _latest_badge(owner: str, repo: str) -> tuple[str, str]:
+def _latest_badge(owner: str, repo: str) -> tuple[str, str, Any]:
+    """The badge's message and colour, and the build it shows (None: nothing to show)."""
     runtime = current_runtime()
     repository = _canonical_repository(runtime.store, f"{owner}/{repo}")
     service = (request.args.get("service") or "").strip() or None
     latest = runtime.store.latest_finished_build(repository, service=service)
-    if latest is None:
-        return badges.badge_for(None, None)
-    return badges.badge_for(latest.state, latest.version)
+    if latest is None or not signin.visibility().shows(latest):
+        return (*badges.badge_for(None, None), None)
+    return (*badges.badge_for(latest.state, latest.version), latest)
 
 
-def _badge_response(body: bytes, mimetype: str) -> Response:
-    response = Response(body, mimetype=mimetype)
+def _badge_response(body: bytes, mimetype: str, build: Any) -> Response:
+    # No build to show and a private one the viewer may not read answer alike: 404 with
+    # the grey "unknown" badge, so the answer never tells that a private repository exists.
+    response = Response(body, mimetype=mimetype, status=200 if build is not None else 404)
     # GitHub's image proxy (camo) caches unless told to revalidate every time;
     # the ETag makes that revalidation a cheap 304.
     response.headers["Cache-Control"] = "no-cache, max-age=0, must-revalidate"
+    if build is not None and not build.public:
+        response.headers["Cache-Control"] = "private, no-cache, max-age=0, must-revalidate"
+        response.vary.add("Cookie")
+    if build is None:
+        return response
     response.set_etag(badge_etag(body))
     return response.make_conditional(request)
 
 
 @bp.get("/badges/<owner>/<repo>.svg")
 def badge_svg(owner: str, repo: str) -> Response:
-    message, color = _latest_badge(owner, repo)
+    message, color, build = _latest_badge(owner, repo)
     svg = badges.render_badge_svg(BADGE_LABEL, message, color)
-    return _badge_response(svg.encode("utf-8"), "image/svg+xml")
+    return _badge_response(svg.encode("utf-8"), "image/svg+xml", build)
 
 
 @bp.get("/badges/<owner>/<repo>.json")
 def badge_json(owner: str, repo: str) -> Response:
-    message, color = _latest_badge(owner, repo)
+    message, color, build = _latest_badge(owner, repo)
     body = json.dumps(badges.shields_endpoint_json(BADGE_LABEL, message, color))
-    return _badge_response(body.encode("utf-8"), "application/json")
+    return _badge_response(body.encode("utf-8"), "application/json", build)

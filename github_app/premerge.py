@@ -119,6 +119,7 @@ class PreMergeRun:
             self.job.id, repository=self.request.repository, service=service,
             pr_number=self.request.pr_number, head_sha=self.request.head_sha, merge_sha="",
             check_run_name=check_run_name,
+            private=self.request.private,
         )
         return self.store.get_build(build_id)
 

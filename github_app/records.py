@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -67,6 +67,12 @@ class Build:
     version_reason: str | None = None  # "`semver:minor` over 1.3.2"
     note: str | None = None  # cancelled: the superseding commit; skipped: the fork's owner
     artifact: str | None = None  # JSON: what a `type: ami` build registered (machine_image)
+    private: bool | None = None  # the repository's; None (unknown) is treated as private
+
+    @property
+    def public(self) -> bool:
+        """Anyone may see it: its repository was public when it was built."""
+        return self.private is False
 
     @property
     def finished(self) -> bool:
@@ -127,11 +133,12 @@ class BuildRecords:
         head_sha: str,
         merge_sha: str,
         check_run_name: str,
+        private: bool | None = None,
     ) -> int:
         """Record a QUEUED build of one service for a job; return its id."""
         cursor = self._connection().execute(
             "INSERT INTO builds (job_id, repository, service, pr_number, head_sha, merge_sha,"
-            " check_run_name, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " check_run_name, state, created_at, private) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 repository,
@@ -142,6 +149,7 @@ class BuildRecords:
                 check_run_name,
                 BuildState.QUEUED.value,
                 self.clock(),
+                None if private is None else int(bool(private)),
             ),
         )
         return cursor.lastrowid
@@ -203,9 +211,17 @@ class BuildRecords:
         limit: int = 50,
         repository: str | None = None,
         state: BuildState | str | None = None,
+        readable: Iterable[str] | None = None,
     ) -> list[Build]:
-        """The newest builds first, optionally of one repository and/or in one state."""
+        """The newest builds first, optionally of one repository and/or in one state.
+
+        With `readable`, only public builds and those of the repositories it names."""
         conditions, params = [], []
+        if readable is not None:
+            readable = sorted(set(readable))
+            conditions.append(f"(private = 0 OR repository IN ({_marks(readable)}))"
+                              if readable else "private = 0")
+            params.extend(readable)
         if repository is not None:
             conditions.append("repository = ?")
             params.append(repository)
@@ -228,6 +244,16 @@ class BuildRecords:
             query += " AND service = ?"
             params.append(service)
         return self._one_build(query + " ORDER BY finished_at DESC, id DESC LIMIT 1", params)
+
+    def private_repositories(self, limit: int = 500) -> list[str]:
+        """Repositories with builds that are not known to be public, most recent first."""
+        rows = self._connection().execute(
+            "SELECT repository, MAX(id) AS latest FROM builds"
+            " WHERE private IS NULL OR private != 0"
+            " GROUP BY repository ORDER BY latest DESC LIMIT ?",
+            (int(limit),),
+        )
+        return [row[0] for row in rows]
 
     def unreported_builds(self) -> list[Build]:
         """Finished builds whose final report did not reach GitHub, oldest first."""
@@ -261,4 +287,6 @@ def _build(row: sqlite3.Row) -> Build:
     values = dict(row)
     values["state"] = BuildState(values["state"])
     values["reported"] = bool(values["reported"])
+    if values.get("private") is not None:
+        values["private"] = bool(values["private"])
     return Build(**values)

@@ -87,6 +87,8 @@ def app_manifest(public_url: str, *, name: str = DEFAULT_APP_NAME,
         "description": DESCRIPTION,
         "hook_attributes": {"url": webhook_url or f"{base}/webhook", "active": True},
         "redirect_url": f"{base}/setup/callback",
+        # "Sign in with GitHub" on the build pages uses the App's own OAuth client.
+        "callback_urls": [f"{base}/login/callback"],
         "public": False,
         "default_permissions": dict(PERMISSIONS),
         "default_events": list(EVENTS),

@@ -145,9 +145,15 @@ INSERT INTO sweeps (name) VALUES ('redeliver') ON CONFLICT (name) DO NOTHING
 # times), as JSON: the check run is rebuilt from the record alone.
 _SCHEMA_V6 = "ALTER TABLE builds ADD COLUMN artifact TEXT"
 
+# v7: whether the build's repository is private (repository.private of its delivery):
+# its pages, log and badge are shown only to people who may read the repository.
+# NULL (builds recorded before v7) counts as private.
+_SCHEMA_V7 = "ALTER TABLE builds ADD COLUMN private INTEGER"
+
 # Migrations from version N to N+1, run in order inside one write transaction.
 MIGRATIONS: dict[int, str] = {
     0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5, 5: _SCHEMA_V6,
+    6: _SCHEMA_V7,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 

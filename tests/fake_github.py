@@ -43,6 +43,9 @@ Python interface:
     fake.delay_next(method, path_regex, seconds, times=1)   # answer late (GitHub timing out)
     fake.pending_delays              # delay_next requests not yet met by a request
     fake.pending_failures            # fail_next answers not yet given
+    fake.oauth_user, fake.oauth_deny, fake.grant(login, "o/r"), fake.revoke(...),
+    fake.client_secret, fake.callback_urls, fake.user_token_lifetime
+                                    the OAuth web flow (tests/fake_github_oauth.py)
     fake.add_manifest_code(code) -> the conversion JSON that POST /app-manifests/{code}/conversions
                                     answers once (its pem/id are this fake's App)
     fake.webhook_url, fake.webhook_secret   where the App's deliveries go, what signs them
@@ -102,6 +105,7 @@ from fake_github_auth import (
     verify_installation_token,
 )
 from fake_github_deliveries import DEFAULT_PER_PAGE, MAX_PER_PAGE, DeliveryLog
+from fake_github_oauth import OAuthWebFlow
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -156,6 +160,7 @@ class Repository:
     default_branch: str
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    private: bool = True
     parents: dict[str, list[str]] = field(default_factory=dict)
     commit_times: dict[str, float] = field(default_factory=dict)
 
@@ -214,7 +219,7 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-class FakeGitHub:
+class FakeGitHub(OAuthWebFlow):
     """GitHub's REST API, as much of it as Slipway uses, enforced like GitHub does."""
 
     def __init__(self, app_id: int = 12345, enterprise: bool = False, *,
@@ -295,6 +300,7 @@ class FakeGitHub:
             self._delays: list[dict] = []
             self._rate_used: dict[str, int] = {}
             self._next_id = 1000
+            self._reset_oauth()
             # Where the App's webhook deliveries go, and the secret that signs them.
             self.webhook_url: str | None = None
             self.webhook_secret: str | None = None
@@ -321,7 +327,7 @@ class FakeGitHub:
 
     def add_repository(self, owner: str, name: str, files: dict | None = None, *,
                        installation_id: int | None = None,
-                       default_branch: str = "main") -> Repository:
+                       default_branch: str = "main", private: bool = True) -> Repository:
         """A private repository with one commit holding `files` on `default_branch`.
 
         Without `installation_id` it joins the installation on `owner`, if there is one.
@@ -330,7 +336,8 @@ class FakeGitHub:
             if installation_id is None:
                 installation_id = next((i.id for i in self.installations.values()
                                         if i.account.lower() == owner.lower()), None)
-            repo = Repository(owner, name, self._new_id(), installation_id, default_branch)
+            repo = Repository(owner, name, self._new_id(), installation_id, default_branch,
+                              private=private)
             self.repositories[repo.full_name.lower()] = repo
             self.add_commit(owner, name, files or {"README.md": f"# {name}\n"})
             return repo
@@ -413,7 +420,7 @@ class FakeGitHub:
             result = shapes.app(self.url, app_id=self.app_id, slug=self.slug,
                                 client_id=self.client_id, owner=owner,
                                 permissions=self.permissions, events=self.events)
-            result.update(client_secret=secrets.token_hex(20),
+            result.update(client_secret=self.client_secret,
                           webhook_secret=secrets.token_hex(20),
                           pem=self.private_key_pem.decode())
             self.manifest_codes[code] = result
@@ -474,7 +481,7 @@ class FakeGitHub:
 
     def _api_path(self, raw_path: str) -> str:
         """The path relative to the API root (no `/api/v3`)."""
-        if not raw_path.startswith("/_codeload/") and self.enterprise:
+        if not raw_path.startswith(("/_codeload/", "/login/oauth/")) and self.enterprise:
             return raw_path[len(ENTERPRISE_PREFIX):] if raw_path.startswith(
                 ENTERPRISE_PREFIX + "/") else "/_outside_api_root" + raw_path
         return raw_path
@@ -501,12 +508,23 @@ class FakeGitHub:
             if auth == "jwt":
                 record["jwt_iss"] = self._verify_jwt(request)
                 record["auth"] = "jwt"
+            elif auth == "token" and handler == self.get_repo and self.is_user_token_request(
+                    request):
+                record["auth"] = "user"
+                user = self.verify_user_token(request)
+                full_name = f"{params['owner']}/{params['repo']}"
+                if not self.user_can_read(user.login, full_name):
+                    raise github_error(404, "Not Found", rejected=False,
+                                       why=f"{user.login} cannot read {full_name}")
+                params["token"] = None
             elif auth == "token":
                 params["token"] = self._verify_token(request, params)
                 record["auth"] = "token"
+            elif auth == "user":
+                record["auth"] = "user"
             elif auth == "codeload":
                 record["auth"] = "codeload"
-            if request.method in ("POST", "PATCH", "PUT"):
+            if request.method in ("POST", "PATCH", "PUT") and auth != "oauth":
                 record["json"] = self._parsed_body(request, path)
                 record["json"] = self._validated_body(request, path, record["json"])
             status, body, headers = handler(request, record["json"], **params)
@@ -734,7 +752,9 @@ class FakeGitHub:
         return repo
 
     def _repo_json(self, repo: Repository) -> dict:
-        return shapes.repository(self.url, repo, shapes.user(self.url, repo.owner, repo.id + 1))
+        shape = shapes.repository(self.url, repo, shapes.user(self.url, repo.owner, repo.id + 1))
+        shape.update(private=repo.private, visibility="private" if repo.private else "public")
+        return shape
 
     def _commit(self, repo: Repository, ref: str) -> str:
         sha = repo.resolve(ref)
@@ -989,6 +1009,9 @@ _ROUTES = [
         ("POST", r"/app/hook/deliveries/(?P<delivery_id>\d+)/attempts", "redeliver", "jwt"),
         ("POST", r"/app-manifests/(?P<code>[^/]+)/conversions", "convert_manifest", "none"),
         ("GET", _R, "get_repo", "token"),
+        ("GET", r"/user", "get_authenticated_user", "user"),
+        ("GET", r"/login/oauth/authorize", "oauth_authorize", "oauth"),
+        ("POST", r"/login/oauth/access_token", "oauth_access_token", "oauth"),
         ("GET", _R + r"/pulls/(?P<number>\d+)", "get_pull", "token"),
         ("GET", _R + r"/contents/?(?P<path>.*)", "get_contents", "token"),
         ("GET", _R + r"/git/commits/(?P<sha>[^/]+)", "get_git_commit", "token"),

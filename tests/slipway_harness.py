@@ -43,6 +43,7 @@ class Repo:
     installation_id: int
     head_sha: str
     merge_sha: str
+    private: bool = True
 
     @property
     def full_name(self) -> str:
@@ -82,6 +83,7 @@ class Repo:
         repository["full_name"] = self.full_name
         repository["owner"]["login"] = self.owner
         repository["html_url"] = f"https://github.com/{self.full_name}"
+        repository["private"] = self.private
         pr = payload["pull_request"]
         for side in ("base", "head"):
             pr[side]["repo"] = copy.deepcopy(repository)
@@ -143,14 +145,15 @@ class Harness:
         self.worker(**options).run(burst=True)
 
     def repository(self, files: dict, *, name: str | None = None, owner: str = "octo-org",
-                   merge_files: dict | None = None) -> Repo:
+                   merge_files: dict | None = None, private: bool = True) -> Repo:
         """A repository on the fake GitHub with the App installed; head and merge commits."""
         name = name or f"svc-{uuid.uuid4().hex[:8]}"
         installation = self.fake.add_installation(account=owner)
-        created = self.fake.add_repository(owner, name, files=files, installation_id=installation)
+        created = self.fake.add_repository(owner, name, files=files, installation_id=installation,
+                                           private=private)
         head_sha = created.default_sha  # read before the merge commit moves the branch
         merge_sha = self.fake.add_commit(owner, name, files=merge_files or {})
-        return Repo(self, owner, name, installation, head_sha, merge_sha)
+        return Repo(self, owner, name, installation, head_sha, merge_sha, private)
 
     def deliver(self, event: str, payload: dict, *, secret: str | None = SECRET,
                 delivery_id: str | None = None) -> requests.Response:

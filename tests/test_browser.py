@@ -77,7 +77,8 @@ def page(browser):
     context.close()
 
 
-def record_build(store: JobStore, *, delivery: str, state: BuildState, pr: int, **fields) -> int:
+def record_build(store: JobStore, *, delivery: str, state: BuildState, pr: int,
+                 private: bool = False, **fields) -> int:
     job = store.enqueue(
         delivery,
         repository="octo-org/orders",
@@ -92,6 +93,7 @@ def record_build(store: JobStore, *, delivery: str, state: BuildState, pr: int, 
         head_sha="4f2a" * 10,
         merge_sha="9c1e" * 10,
         check_run_name="docker build",
+        private=private,
     )
     store.update_build(build_id, state=state, **fields)
     return build_id
@@ -233,3 +235,59 @@ def test_build_page_is_readable_without_javascript(server, browser):
         page.wait_for_selector("#log:has-text('Step 2/2')", timeout=15_000)
     finally:
         context.close()
+
+
+@pytest.fixture
+def signin_server(data_dir, fake_github):
+    """The whole app (create_app) with the fake GitHub's OAuth client, on a loopback port."""
+    import socket
+
+    from github_app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = Config(app_id=str(fake_github.app_id), private_key=fake_github.private_key_pem,
+                    webhook_secret="s", api_url=fake_github.url, data_dir=data_dir,
+                    public_url=f"http://127.0.0.1:{port}", allowed_owners=("*",),
+                    github_client_id=fake_github.client_id,
+                    github_client_secret=fake_github.client_secret)
+    app = create_app(config, engine_ping=lambda: None)
+    http = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    http.url, http.store = config.public_url, app.extensions["slipway"].store
+    yield http
+    http.shutdown()
+    thread.join(10)
+
+
+def test_signing_in_with_github_shows_a_private_build_and_signing_out_hides_it(
+        signin_server, page, fake_github):
+    """A private build is a 404 until its reader signs in with GitHub, and after signing out."""
+    fake_github.add_installation(account="octo-org")
+    fake_github.add_repository("octo-org", "orders", private=True)
+    fake_github.grant("octocat", "octo-org/orders")
+    build_id = record_build(signin_server.store, delivery="d-p", state=BuildState.RUNNING, pr=9,
+                            started_at=signin_server.store.clock(), private=True)
+
+    assert page.goto(f"{signin_server.url}/builds/{build_id}").status == 404
+    page.goto(f"{signin_server.url}/builds")
+    assert page.locator("table.builds").count() == 0
+    assert "sign in with GitHub" in page.locator("#private-note").inner_text()
+
+    page.click("#sign-in")  # to the fake GitHub's authorize page, which comes straight back
+    page.wait_for_url(f"{signin_server.url}/builds")
+    assert " ".join(page.locator("#viewer").inner_text().split()).startswith(
+        "signed in as octocat")
+    assert page.locator(f"#build-{build_id}").count() == 1
+    assert page.goto(f"{signin_server.url}/builds/{build_id}").status == 200
+    assert page.locator("#status").inner_text() == "RUNNING"
+
+    page.click("#sign-out")
+    page.wait_for_url(f"{signin_server.url}/builds")
+    assert page.locator("#sign-in").count() == 1
+    assert page.locator(f"#build-{build_id}").count() == 0
+    assert page.goto(f"{signin_server.url}/builds/{build_id}").status == 404
+    # The browser reports each 404 it was asked to load; nothing else may fail.
+    assert [e for e in page.console_errors if "status of 404" not in e] == []

@@ -466,3 +466,41 @@ def test_a_link_out_of_the_repository_is_the_repositorys_failure(harness, regist
     assert registry.tags(repo.name) == []
     build = only(harness.store.recent_builds(repository=repo.full_name))
     assert build.state is BuildState.FAILED
+
+
+def test_a_private_repositorys_build_is_shown_only_to_its_readers(
+        fake_github, registry, data_dir):
+    """Merged in a private repository: 404 to the world, shown after signing in with GitHub."""
+    harness = Harness(fake_github, registry.address, data_dir,
+                      github_client_id=fake_github.client_id,
+                      github_client_secret=fake_github.client_secret)
+    try:
+        secret = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP})
+        public = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP},
+                                    private=False)
+        fake_github.grant("octocat", secret.full_name)
+        harness.deliver("pull_request", secret.merged(labels=["version:1.0.0"]))
+        harness.deliver("pull_request", public.merged(labels=["version:1.0.0"]))
+        harness.run_worker()
+        hidden = only(harness.store.recent_builds(repository=secret.full_name))
+        shown = only(harness.store.recent_builds(repository=public.full_name))
+        assert hidden.private is True and shown.private is False
+
+        browser = requests.Session()
+        paths = [f"/builds/{hidden.id}", f"/builds/{hidden.id}/log",
+                 f"/badges/{secret.full_name}.svg"]
+        assert [browser.get(harness.url + p).status_code for p in paths] == [404, 404, 404]
+        assert browser.get(f"{harness.url}/builds/{shown.id}").status_code == 200
+        assert secret.name not in browser.get(f"{harness.url}/builds").text
+
+        start = browser.get(f"{harness.url}/login?next=/builds/{hidden.id}",
+                            allow_redirects=False)
+        back = requests.get(start.headers["Location"], allow_redirects=False, timeout=10)
+        callback = back.headers["Location"].replace("http://slipway.example", harness.url)
+        landed = browser.get(callback)
+        assert landed.status_code == 200 and landed.url == f"{harness.url}/builds/{hidden.id}"
+        assert "1.0.0" in landed.text
+        assert [browser.get(harness.url + p).status_code for p in paths] == [200, 200, 200]
+        assert secret.name in browser.get(f"{harness.url}/builds").text
+    finally:
+        harness.close()

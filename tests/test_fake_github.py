@@ -503,3 +503,61 @@ def shapes_tree(files: dict) -> str:
         subprocess.run(["git", "-C", root, "add", "."], check=True)
         return subprocess.run(["git", "-C", root, "write-tree"], check=True,
                               capture_output=True, text=True).stdout.strip()
+
+
+# -- the OAuth web flow ("Sign in with GitHub") -------------------------------------------------
+
+
+def _authorize(fake, redirect_uri="http://app.test/login/callback", state="st"):
+    answer = requests.get(f"{fake.root_url}/login/oauth/authorize", allow_redirects=False,
+                          params={"client_id": fake.client_id, "redirect_uri": redirect_uri,
+                                  "state": state}, timeout=5)
+    assert answer.status_code == 302
+    from urllib.parse import parse_qs, urlsplit
+    return {k: v[0] for k, v in parse_qs(urlsplit(answer.headers["Location"]).query).items()}
+
+
+def _exchange(fake, code, *, secret=None, accept="application/json"):
+    return requests.post(f"{fake.root_url}/login/oauth/access_token", timeout=5,
+                         headers={"Accept": accept},
+                         data={"client_id": fake.client_id,
+                               "client_secret": secret or fake.client_secret, "code": code})
+
+
+def test_fake_oauth_flow_gives_a_user_token_that_reads_granted_repositories(fake_github):
+    """authorize -> code -> ghu_ token; GET /user names the person; GET /repos follows grants."""
+    fake_github.add_repository("octo-org", "secret", private=True)
+    fake_github.add_repository("octo-org", "other", private=True)
+    fake_github.grant("octocat", "octo-org/secret")
+    query = _authorize(fake_github)
+    assert query["state"] == "st"
+    answer = _exchange(fake_github, query["code"])
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["token_type"] == "bearer" and body["access_token"].startswith("ghu_")
+    token = body["access_token"]
+    assert api(fake_github, "GET", "/user", token).json()["login"] == "octocat"
+    assert api(fake_github, "GET", "/repos/octo-org/secret", token).status_code == 200
+    assert api(fake_github, "GET", "/repos/octo-org/other", token).status_code == 404
+    assert api(fake_github, "GET", "/user", "ghu_" + "x" * 36).status_code == 401
+
+
+def test_fake_oauth_errors_are_200s_as_on_github(fake_github):
+    """A used code and a wrong client secret answer 200 with GitHub's error body."""
+    code = _authorize(fake_github)["code"]
+    assert "access_token" in _exchange(fake_github, code).json()
+    assert _exchange(fake_github, code).json()["error"] == "bad_verification_code"
+    wrong = _exchange(fake_github, _authorize(fake_github)["code"], secret="nope")
+    assert wrong.status_code == 200 and wrong.json()["error"] == "incorrect_client_credentials"
+    form = _exchange(fake_github, "unknown", accept="*/*")
+    assert form.headers["Content-Type"].startswith("application/x-www-form-urlencoded")
+    assert "error=bad_verification_code" in form.text
+
+
+def test_fake_oauth_redirect_uri_must_match_the_callback_urls(fake_github):
+    """Outside the App's callback URLs GitHub sends the browser back with redirect_uri_mismatch."""
+    fake_github.callback_urls = ["http://app.test/login/callback"]
+    assert _authorize(fake_github, redirect_uri="http://evil.test/x")["error"] == (
+        "redirect_uri_mismatch")
+    fake_github.oauth_deny = True
+    assert _authorize(fake_github)["error"] == "access_denied"

@@ -120,6 +120,7 @@ def test_setup_page_posts_the_filled_manifest_to_github(client, fake_github):
     assert manifest["url"] == PUBLIC_URL
     assert manifest["hook_attributes"]["url"] == f"{PUBLIC_URL}/webhook"
     assert manifest["redirect_url"] == f"{PUBLIC_URL}/setup/callback"
+    assert manifest["callback_urls"] == [f"{PUBLIC_URL}/login/callback"]
     assert manifest["default_permissions"]["checks"] == "write"
     state = parse_qs(action.query)["state"][0]
     cookie = client.get_cookie(setup.STATE_COOKIE, path="/setup")
@@ -483,3 +484,17 @@ def test_serve_prints_the_setup_link_in_its_log(data_dir, tmp_path):
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_setup_stores_the_oauth_client_so_sign_in_works_at_once(client, app, fake_github):
+    """The manifest conversion's client id and secret become the sign-in client, unlogged."""
+    conversion = fake_github.add_manifest_code("code-oauth")
+    state = start_setup(client)
+    assert client.get(f"/setup/callback?code=code-oauth&state={state}").status_code == 200
+    config = app.extensions["slipway"].config
+    assert config.github_client_id == conversion["client_id"]
+    assert config.github_client_secret == conversion["client_secret"]
+    start = client.get("/login")
+    assert start.status_code == 302
+    assert f"client_id={conversion['client_id']}" in start.headers["Location"]
+    assert "client_secret" not in repr(config)
