@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+import requests
 
 from builder.registry import Registry
 from github_app.jobs import BuildState
@@ -194,8 +195,9 @@ def test_merge_with_the_tree_unchanged_publishes_the_staged_image_without_buildi
 
 
 def test_merge_with_a_changed_tree_is_built(harness, registry):
-    """The merge commit brings a change the head did not have: Slipway builds the merge."""
-    repo = tiny_repo(harness, merge_files={"app.py": "print('merged with develop')\n"})
+    """The merge commit brings a change the head did not have (a README from develop):
+    Slipway builds the merge, and every step comes from the pre-merge build's cache."""
+    repo = tiny_repo(harness, merge_files={"README.md": "merged with develop\n"})
     deliver(harness, repo.pull_request("opened", labels=["version:1.5.0"]))
     harness.run_worker()
 
@@ -207,6 +209,10 @@ def test_merge_with_a_changed_tree_is_built(harness, registry):
     assert labels_of(registry, repo.name, "1.5.0")[REVISION] == repo.merge_sha
     run = harness.fake.check_runs[merge_build.check_run_id]
     assert "Pushed" in run["output"]["title"]
+    assert "Published from the pre-merge build" not in run["output"]["summary"]
+    log = requests.get(f"{harness.url}/builds/{merge_build.id}/log", timeout=10).text
+    assert "is not the staged head's" in log
+    assert log.count("Using cache") >= 2  # COPY app.py and the RUN step, from the stage
     assert "pr-12" not in registry.tags(repo.name)
 
 
