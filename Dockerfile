@@ -9,6 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DATA_DIR=/data \
     PORT=8080
 
+# type: ami assembles a bootable disk with these, without loop devices or mounts
+# (docs/ami.md); as the unprivileged `slipway` user too.
+RUN apt-get update -q \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        fdisk dosfstools mtools e2fsprogs \
+    && rm -rf /var/lib/apt/lists/*
+
 # Only what the package needs: pyproject, its README and the two packages
 # (.dockerignore keeps tests, benchmarks and .git out of the context).
 COPY pyproject.toml README.md /tmp/slipway/

@@ -125,6 +125,15 @@ def test_image_is_small_and_runs_as_non_root(slipway_image, docker_client):
     assert slipway_image.reference.startswith("127.0.0.1:5000/slipway:0.0.0-test.")
 
 
+def test_the_image_has_the_disk_tools_of_type_ami(slipway_image, docker_client):
+    """`type: ami` assembles its disk in the image, as its unprivileged user."""
+    output = docker_client.containers.run(
+        slipway_image.tag, ["python", "-c", "from builder.ami import disk; disk.check_tools(); "
+                            "import boto3; print('ready')"],
+        network_mode="none", remove=True)
+    assert output.decode().strip() == "ready"
+
+
 def test_unconfigured_image_is_healthy_and_serves_setup(
         slipway_image, docker_client, containers, tmp_path):
     """Without App credentials the container is healthy, /healthz sees Docker, /setup is served."""
