@@ -46,12 +46,44 @@ class _QueueDepthCollector:
         yield GaugeMetricFamily("slipway_queue_depth", "Jobs waiting for a worker.", value=depth)
 
 
+class _LastSweepCollector:
+    """The last redelivery sweep of any process, read from the store when Prometheus scrapes."""
+
+    _FAILED = ("slipway_redeliver_failed_in_window",
+               "Deliveries of events Slipway acts on that GitHub could not deliver, in the "
+               "last sweep's window (REDELIVER_WINDOW), asked for again or received since.")
+    _FINISHED = ("slipway_redeliver_last_sweep_timestamp_seconds",
+                 "When the last sweep of the App's delivery log finished (unix seconds).")
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def describe(self):
+        return [GaugeMetricFamily(*self._FAILED), GaugeMetricFamily(*self._FINISHED)]
+
+    def collect(self):
+        source = self._metrics.last_sweep_source
+        if source is None:
+            return
+        try:
+            record = source()
+        except Exception:  # a scrape must still answer when the store does not
+            log.warning("last redelivery sweep unavailable for /metrics", exc_info=True)
+            return
+        if record.finished_at is None or not record.summary:
+            return
+        yield GaugeMetricFamily(*self._FAILED, value=record.summary.get("failed", 0))
+        yield GaugeMetricFamily(*self._FINISHED, value=record.finished_at)
+
+
 class Metrics:
     """The counters, histogram and gauge that Slipway exports."""
 
     def __init__(self, queue_depth: Callable[[], int] | None = None):
         self.registry = CollectorRegistry()
         self.queue_depth_source = queue_depth
+        # JobStore.last_sweep: the sweeps of every process share the store.
+        self.last_sweep_source: Callable[[], Any] | None = None
         self.webhooks_received = Counter(
             "slipway_webhooks_received",
             "Webhook deliveries received, by event and what Slipway did with them.",
@@ -98,6 +130,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_QueueDepthCollector(self))
+        self.registry.register(_LastSweepCollector(self))
         self._webhook_children: dict[tuple[str, str], Any] = {}
 
     def bind_queue_depth(self, source: Callable[[], int]) -> None:
@@ -155,4 +188,6 @@ def metrics_endpoint() -> Response:
     metrics: Metrics = runtime.metrics
     if metrics.queue_depth_source is None and runtime.store is not None:
         metrics.bind_queue_depth(runtime.store.queue_depth)
+    if metrics.last_sweep_source is None and runtime.store is not None:
+        metrics.last_sweep_source = runtime.store.last_sweep
     return Response(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -262,3 +262,24 @@ def test_a_worker_process_joins_only_the_periodic_sweeps(fake_github, store, rec
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_metrics_show_the_last_sweep_of_any_process_from_the_store(fake_github, data_dir,
+                                                                    receiver):
+    """/metrics of a web process that did not sweep: the failed deliveries of the last sweep."""
+    from github_app import create_app
+
+    failed_merge(fake_github, status_code=0)
+    failed_merge(fake_github, status_code=503)
+    config = Config(app_id=str(fake_github.app_id), private_key=fake_github.private_key_pem,
+                    webhook_secret="sweep secret", api_url=fake_github.url, data_dir=data_dir)
+    app = create_app(config, engine_ping=lambda: None)
+    store = app.extensions["slipway"].store
+    before = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "slipway_redeliver_failed_in_window" not in before  # no sweep yet
+    sweep(make_sweeper(fake_github, JobStore(store.path)))
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "slipway_redeliver_failed_in_window 2.0" in text
+    [value] = [line.split()[1] for line in text.splitlines()
+               if line.startswith("slipway_redeliver_last_sweep_timestamp_seconds ")]
+    assert float(value) == pytest.approx(store.last_sweep().finished_at)
