@@ -198,13 +198,5 @@ class Sweeper:
             self.metrics.redeliver_error(stage, n)
 
 
-def start_sweeper(sweeper: Sweeper, stop: threading.Event) -> threading.Thread:
-    """Run `sweeper` in a daemon thread until `stop` is set."""
-    thread = threading.Thread(target=sweeper.run, args=(stop,), name="slipway-redeliver",
-                              daemon=True)
-    thread.start()
-    return thread
-
-
 def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
