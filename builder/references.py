@@ -180,8 +180,8 @@ def killed(error: str) -> bool:
 def out_of_memory_message(step: str | None, memory: int) -> str:
     """The sentence of a BuildOutOfMemory."""
     where = f"The build step {step}" if step else "A build step"
-    return (f"{where} was killed (exit code 137): it ran out of memory, the limit of every "
-            f"build step being {memory // 1024**2} MiB.")
+    return (f"{where} was killed (exit code 137): it ran out of memory (every build step "
+            f"may use at most {memory // 1024**2} MiB).")
 
 
 # --- the push stream ---------------------------------------------------------

@@ -177,7 +177,7 @@ def test_every_error_has_a_blame_and_is_exported():
     classes = [getattr(builder, name) for name in builder.__all__
                if isinstance(getattr(builder, name), type)
                and issubclass(getattr(builder, name), Exception)]
-    assert len(classes) == 12
+    assert len(classes) == 18
     for cls in classes:
         assert issubclass(cls, builder.BuilderError)
         assert cls.blame in ("repository", "infrastructure")

@@ -122,3 +122,24 @@ def test_a_rerun_after_a_reinstall_uses_the_rerun_events_installation(harness, r
     assert releases(registry, repo) == ["1.0.0"]
     build = harness.store.recent_builds(repository=repo.full_name)[0]
     assert build.state is BuildState.SUCCEEDED and build.reported
+
+
+def test_rerun_all_checks_reads_the_pull_request_again_too(harness, registry):
+    """"Re-run all checks" (check_suite rerequested) after a label is added publishes it."""
+    repo = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP})
+    payload = repo.merged(title="Fix typo")
+    harness.deliver("pull_request", payload)
+    harness.run_worker()
+    failed = only(harness.final_check_runs(repo))
+    harness.fake.edit_pull_request(repo.owner, repo.name, payload["pull_request"]["number"],
+                                   labels=["semver:minor"])
+    event = load_event("check_suite", "rerequested")
+    event["check_suite"].update(id=failed["check_suite"]["id"], head_sha=repo.head_sha)
+    event["check_suite"]["app"]["id"] = harness.fake.app_id
+    event["installation"] = {"id": repo.installation_id, "node_id": "x"}
+    event["repository"]["name"], event["repository"]["full_name"] = repo.name, repo.full_name
+    event["repository"]["owner"]["login"] = repo.owner
+    assert harness.deliver("check_suite", event).status_code == 202
+    harness.run_worker()
+    assert latest_run(harness, repo)["conclusion"] == "success"
+    assert releases(registry, repo) == ["0.1.0"]
