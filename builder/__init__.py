@@ -41,6 +41,7 @@ from builder.settings import EngineSettings
 
 __all__ = [
     "build_artifact",
+    "push_again",
     "image_name_for",
     "oci_labels",
     "AmiResult",
@@ -200,6 +201,20 @@ def build_artifact(
         duration=time.monotonic() - started,
         log_tail=log.tail.text(),
     )
+
+
+def push_again(service_name: str, version: str, registry: str, *,
+               username: str | None = None, password: str | None = None,
+               docker_client=None, engine_settings: EngineSettings | None = None) -> str:
+    """Push the engine's ``REGISTRY/service_name:version`` once more; return its digest."""
+    from builder import engine
+
+    registry = registry.rstrip("/")
+    auth = {"username": username, "password": password or ""} if username else None
+    with engine.opened(docker_client, settings=engine_settings) as client:
+        return engine.push_image(client, repository=f"{registry}/{service_name}",
+                                 version=version, registry=registry, auth=auth,
+                                 log=engine.BuildOutput(None))
 
 
 def _raise_if_stopped(stop: Stop, timeout: float | None, log, *, cause=None) -> None:

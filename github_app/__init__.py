@@ -26,7 +26,7 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
     app.config["MAX_CONTENT_LENGTH"] = views.MAX_WEBHOOK_BYTES
     app.json.sort_keys = False
     if store is None:
-        store = JobStore.from_data_dir(config.data_dir)
+        store = JobStore.from_config(config)
     if metrics is None:
         metrics = metrics_module.Metrics(queue_depth=store.queue_depth)
     if engine_ping is None:

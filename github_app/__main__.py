@@ -2,16 +2,16 @@
 everything, run.
 
     serve    web + worker (the default): Granian serves the Flask app in
-             WEB_WORKERS processes; the one holding DATA_DIR's worker lock also
-             runs the build worker's threads (WORKER_THREADS; 0: web only)
-    worker   worker only, for a second machine or process on the same DATA_DIR
+             WEB_WORKERS processes, each also running WORKER_THREADS build
+             threads (0: web only)
+    worker   worker only: another process on the same DATA_DIR, or a build
+             host of its own sharing DATABASE_URL
     doctor   checks every part Slipway needs, one line each; exit 0 when all pass
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import signal
@@ -19,7 +19,6 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
 from github_app.errors import ConfigError, SlipwayError
 
@@ -86,7 +85,13 @@ def _with_stored_credentials(config):
     from github_app import credentials
 
     try:
-        stored = credentials.load(config.data_dir)
+        if config.database_url:  # a shared store keeps them for every node
+            from github_app.jobs import JobStore
+
+            with JobStore.from_config(config) as store:
+                stored = credentials.load(config.data_dir, store=store)
+        else:
+            stored = credentials.load(config.data_dir)
     except SlipwayError:
         if config.app_id:  # the environment's App is complete; only its OAuth client is missing
             return config
@@ -142,9 +147,9 @@ def _wait_until_listening(host: str, port: int, *, stop: threading.Event,
 def run_worker(config) -> int:
     from github_app.jobs import JobStore
 
-    store = JobStore.from_data_dir(config.data_dir)
-    # Another process may be serving the same store: take over only jobs whose
-    # lease ran out, never ones that are still being built.
+    store = JobStore.from_config(config)
+    # Other processes and machines may be building from the same store: take
+    # over only jobs whose lease ran out, never ones that are still built.
     store.requeue_interrupted()
     worker = build_worker(config, store)
     sweeping = threading.Event()
@@ -161,17 +166,18 @@ def run_worker(config) -> int:
 
 
 def run_serve(config, *, host: str) -> int:
-    """Granian serves the app in WEB_WORKERS processes; one of them also builds."""
+    """Granian serves the app in WEB_WORKERS processes; each also builds (WORKER_THREADS)."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
 
     from github_app.jobs import JobStore
 
-    store = JobStore.from_data_dir(config.data_dir)
-    # Only this command's processes use the store by default, so every job
+    store = JobStore.from_config(config)
+    # With SQLite only this command's processes use the store, so every job
     # still running was left by our previous life: requeue it, so that its
-    # check run ends `completed`.
-    requeued = store.requeue_interrupted(force=True)
+    # check run ends `completed`. A shared store (DATABASE_URL) has other
+    # nodes' live jobs: only lapsed leases are taken there.
+    requeued = store.requeue_interrupted(force=not config.database_url)
     if requeued:
         log.info("requeued %d interrupted job(s): %s", len(requeued), requeued)
     store.close()
@@ -229,41 +235,25 @@ def start_sweeper_when_set_up(app, *, listening=None) -> threading.Thread:
 
 
 def start_worker_when_set_up(app) -> threading.Thread:
-    """Run the build worker in this process once it holds DATA_DIR's worker lock.
+    """Run the build worker in this process.
 
-    Several web processes serve the same DATA_DIR; the one holding the lock
-    builds, and when it dies the lock passes to another. Without App
-    credentials (before /setup) the worker waits until the setup stores them."""
+    Any number of processes (and machines) may build from one store: the
+    store hands each job to one of them, one job per repository at a time.
+    Without App credentials (before /setup) the worker waits until the setup
+    stores them."""
     runtime = app.extensions["slipway"]
 
     def run() -> None:
-        lock = _hold_worker_lock(runtime.config.data_dir)
         while not runtime.config.app_id:
             time.sleep(1.0)
         worker = build_worker(runtime.config, runtime.store, metrics=runtime.metrics,
                               wakeup=runtime.extras["wakeup"])
         runtime.extras["worker"] = worker
-        try:
-            worker.run()
-        finally:
-            lock.close()
+        worker.run()
 
     thread = threading.Thread(target=run, name="slipway-worker", daemon=True)
     thread.start()
     return thread
-
-
-def _hold_worker_lock(data_dir):
-    """Block until this process holds the worker lock; the open file keeps it."""
-    path = Path(data_dir) / "worker.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a")  # noqa: SIM115 - held for the life of the worker
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
-        except BlockingIOError:
-            time.sleep(2.0)
 
 
 def _stop_on_signals(stop) -> None:

@@ -1,4 +1,5 @@
-"""The App's credentials as the manifest setup stored them: DATA_DIR/app-credentials.json.
+"""The App's credentials as the manifest setup stored them: DATA_DIR/app-credentials.json,
+or, with a shared store (DATABASE_URL), the store's `settings`, so every node has them.
 
 `save(data_dir, conversion)` writes what GitHub's manifest conversion answered
 (`POST /app-manifests/{code}/conversions`) to a file that is mode 0600 from the
@@ -29,6 +30,7 @@ from github_app.config import Config
 from github_app.errors import ConfigError
 
 FILENAME = "app-credentials.json"
+SETTING = "app-credentials"  # the name of the setting that holds them in a shared store
 # What is kept of the conversion answer: enough to sign JWTs, verify deliveries
 # and link to the App. `owner` is reduced to its login.
 KEPT_FIELDS = ("id", "slug", "name", "html_url", "client_id", "client_secret",
@@ -45,10 +47,18 @@ def credentials_path(data_dir: Path | str) -> Path:
     return Path(data_dir) / FILENAME
 
 
-def save(data_dir: Path | str, conversion: Mapping[str, Any], *, now: float | None = None) -> dict:
+def where(data_dir: Path | str, store=None) -> str:
+    """Where the credentials live, for a log line: the file, or the shared store."""
+    return f"the store's settings ({store.path})" if store is not None else str(
+        credentials_path(data_dir))
+
+
+def save(data_dir: Path | str, conversion: Mapping[str, Any], *, now: float | None = None,
+         store=None) -> dict:
     """Store a manifest conversion in DATA_DIR with mode 0600; return what was stored.
 
-    Raises `CredentialsExist` when a file is already there, `ConfigError` when
+    With ``store`` (a shared store: DATABASE_URL), in its settings instead.
+    Raises `CredentialsExist` when some are already there, `ConfigError` when
     the conversion lacks the id, key or webhook secret.
     """
     stored = {name: conversion.get(name) for name in KEPT_FIELDS}
@@ -56,6 +66,11 @@ def save(data_dir: Path | str, conversion: Mapping[str, Any], *, now: float | No
     stored["owner"] = owner.get("login") if isinstance(owner, Mapping) else None
     stored["created_at"] = int(time.time() if now is None else now)
     _check(stored, source="GitHub's answer to the manifest conversion")
+    if store is not None:
+        # One INSERT decides: two nodes finishing setup at once keep the first App.
+        if not store.put_setting_once(SETTING, json.dumps(stored)):
+            raise CredentialsExist(f"{where(data_dir, store)} already hold an App's credentials.")
+        return stored
     path = credentials_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     body = (json.dumps(stored, indent=2) + "\n").encode()
@@ -79,11 +94,17 @@ def save(data_dir: Path | str, conversion: Mapping[str, Any], *, now: float | No
     return stored
 
 
-def load(data_dir: Path | str) -> dict | None:
+def load(data_dir: Path | str, *, store=None) -> dict | None:
     """The stored credentials, or None when setup has not stored any.
 
-    Raises `ConfigError` when the file exists but cannot be used.
+    With ``store`` (a shared store), read from its settings. Raises
+    `ConfigError` when they exist but cannot be used.
     """
+    if store is not None:
+        text = store.get_setting(SETTING)
+        if text is None:
+            return None
+        return _parsed(text, source=where(data_dir, store))
     path = credentials_path(data_dir)
     try:
         text = path.read_text(encoding="utf-8")
@@ -95,17 +116,21 @@ def load(data_dir: Path | str) -> dict | None:
             "setup must be readable by the user Slipway runs as.",
             variable="DATA_DIR",
         ) from None
+    return _parsed(text, source=str(path))
+
+
+def _parsed(text: str, *, source: str) -> dict:
     try:
         stored = json.loads(text)
     except ValueError:
         stored = None
     if not isinstance(stored, dict):
         raise ConfigError(
-            f"{path} is not the JSON that setup writes: remove it and open /setup again, or "
+            f"{source} is not the JSON that setup writes: remove it and open /setup again, or "
             "set GITHUB_APP_ID, GITHUB_PRIVATE_KEY_PATH and GITHUB_WEBHOOK_SECRET.",
             variable="DATA_DIR",
         )
-    _check(stored, source=str(path))
+    _check(stored, source=source)
     return stored
 
 

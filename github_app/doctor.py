@@ -190,8 +190,18 @@ def _load_config(environ: Mapping[str, str]):
     from github_app.config import Config
 
     config = Config.from_env(environ, require_app=False)
-    if not config.app_id:
+    if not config.app_id and not config.database_url:
         stored = credentials.load(config.data_dir)
+        if stored:
+            config = credentials.apply(config, stored)
+    elif not config.app_id:
+        from github_app.jobs import JobStore
+
+        try:
+            with JobStore.from_config(config) as store:
+                stored = credentials.load(config.data_dir, store=store)
+        except Exception:  # the database check below says why it cannot be read
+            stored = None
         if stored:
             config = credentials.apply(config, stored)
     return config
@@ -408,10 +418,27 @@ def data_dir(doctor: Doctor) -> str:
 
 @check("database")
 def database(doctor: Doctor) -> str:
-    url = getattr(doctor.config, "database_url", None)
+    from github_app import postgres
+    from github_app.jobs import SCHEMA_VERSION, StoreUnavailable
+
+    url = doctor.config.database_url
     if not url:
         return "DATABASE_URL is not set: the job store is SQLite in DATA_DIR"
-    return "DATABASE_URL is set; this Slipway does not check it yet"
+    where = postgres.redacted_url(url)
+    try:
+        server, version = postgres.probe(url)
+    except StoreUnavailable as exc:
+        raise Problem(str(exc)) from None
+    if version is None:
+        return (f"PostgreSQL {server} at {where} answers and takes writes; Slipway's tables "
+                "are created when serve or worker first starts")
+    if version > SCHEMA_VERSION:
+        raise Problem(f"the store at {where} has schema version {version}, newer than this "
+                      f"Slipway's {SCHEMA_VERSION}: upgrade Slipway on this node to the "
+                      "version the other nodes run")
+    return (f"PostgreSQL {server} at {where} answers and takes writes; schema version "
+            f"{version}" + (" (upgraded when serve or worker starts)"
+                            if version < SCHEMA_VERSION else ""))
 
 
 @check("public url")

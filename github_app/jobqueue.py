@@ -11,7 +11,14 @@ Rules this module keeps:
 - jobs of one repository run one at a time, so two merges close together never
   resolve the same ``semver:*`` bump to the same version;
 - a claimed job holds a lease; a job whose worker died goes back to the queue
-  (``requeue_interrupted``) until it has been tried ``max_attempts`` times.
+  (``requeue_interrupted``, by any node) until it has been tried
+  ``max_attempts`` times;
+- each claim is an attempt (``Job.attempts`` after the claim, its `Fence`):
+  heartbeats and the completion of an attempt whose lease lapsed are refused.
+
+One repository never has two running jobs: the claim looks for none, and a
+unique index over running jobs (schema v4) refuses a second one even when two
+nodes claim at the same moment on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from .fencing import FENCE_HOLDS, Fence
 from .records import BuildState
 from .store import StoreUnavailable
 from .webhooks import BuildKind
@@ -94,13 +102,15 @@ class JobQueue:
         )
         try:
             connection = self._connection()
-            cursor = connection.execute(
+            # fetchall(): SQLite keeps the statement (and its write) open until
+            # every RETURNING row is read.
+            created = connection.execute(
                 "INSERT INTO jobs (delivery_id, repository, kind, request, state, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
                 row,
-            )
-            if cursor.rowcount == 1:
-                return EnqueueResult(job_id=cursor.lastrowid, created=True)
+            ).fetchall()
+            if created:
+                return EnqueueResult(job_id=created[0]["id"], created=True)
             existing = connection.execute(
                 "SELECT id FROM jobs WHERE delivery_id = ?", (delivery_id,)
             ).fetchone()
@@ -123,34 +133,64 @@ class JobQueue:
         return _job(row) if row else None
 
     def claim(self, worker_id: str) -> Job | None:
-        """Take the oldest queued job whose repository has no running job."""
-        now = self.clock()
-        with self._write() as connection:
-            row = connection.execute(
-                "SELECT id FROM jobs AS queued WHERE state = ? AND NOT EXISTS ("
-                "  SELECT 1 FROM jobs AS running"
-                "  WHERE running.repository = queued.repository AND running.state = ?)"
-                " ORDER BY id LIMIT 1",
-                (JobState.QUEUED.value, JobState.RUNNING.value),
-            ).fetchone()
-            if row is None:
-                return None
-            connection.execute(
-                "UPDATE jobs SET state = ?, worker_id = ?, started_at = ?, lease_until = ?,"
-                " attempts = attempts + 1, finished_at = NULL, error = NULL WHERE id = ?",
-                (JobState.RUNNING.value, worker_id, now, now + self.lease_seconds, row["id"]),
-            )
-            claimed = connection.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-        return _job(claimed)
+        """Take the oldest queued job whose repository has no running job.
 
-    def heartbeat(self, job_id: int, *, worker_id: str | None = None) -> bool:
-        """Extend a running job's lease; False when the job is no longer this worker's."""
+        On PostgreSQL the candidate row is locked (SKIP LOCKED: two nodes
+        take two different jobs), and the update only takes a job still
+        queued; a job whose repository another node started meanwhile hits
+        the unique index of running jobs, and the next candidate is tried.
+        """
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
+        for _ in range(10):
+            now = self.clock()
+            try:
+                with self._write() as connection:
+                    row = connection.execute(
+                        "SELECT id FROM jobs AS queued WHERE state = ? AND NOT EXISTS ("
+                        "  SELECT 1 FROM jobs AS running"
+                        "  WHERE running.repository = queued.repository AND running.state = ?)"
+                        " ORDER BY id LIMIT 1" + skip_locked,
+                        (JobState.QUEUED.value, JobState.RUNNING.value),
+                    ).fetchone()
+                    if row is None:
+                        return None
+                    claimed = connection.execute(
+                        "UPDATE jobs SET state = ?, worker_id = ?, started_at = ?,"
+                        " lease_until = ?, attempts = attempts + 1, finished_at = NULL,"
+                        " error = NULL WHERE id = ? AND state = ? RETURNING *",
+                        (JobState.RUNNING.value, worker_id, now, now + self.lease_seconds,
+                         row["id"], JobState.QUEUED.value),
+                    ).fetchall()
+            except self.conflicts:
+                continue  # another node started a job of this repository first
+            if claimed:
+                return _job(claimed[0])
+        return None
+
+    def heartbeat(self, job_id: int, *, worker_id: str | None = None,
+                  attempt: int | None = None) -> bool:
+        """Extend a running job's lease; False when the job is no longer this worker's.
+
+        With ``attempt`` (the claim's `Fence`), a lease that has lapsed is not
+        renewed: another node may have claimed the job, or may at any moment.
+        """
+        now = self.clock()
         query = "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = ?"
-        params: list[Any] = [self.clock() + self.lease_seconds, job_id, JobState.RUNNING.value]
+        params: list[Any] = [now + self.lease_seconds, job_id, JobState.RUNNING.value]
         if worker_id is not None:
             query += " AND worker_id = ?"
             params.append(worker_id)
+        if attempt is not None:
+            query += " AND attempts = ? AND lease_until >= ?"
+            params += [attempt, now]
         return self._connection().execute(query, params).rowcount == 1
+
+    def holds(self, fence: Fence) -> bool:
+        """Whether this claim still holds its job (running, same attempt, lease not lapsed)."""
+        row = self._connection().execute(
+            "SELECT 1 AS held WHERE " + FENCE_HOLDS, (fence.job_id, fence.attempt, self.clock())
+        ).fetchone()
+        return row is not None
 
     def finish(
         self,
@@ -159,11 +199,13 @@ class JobQueue:
         error: str | None = None,
         *,
         worker_id: str | None = None,
+        attempt: int | None = None,
     ) -> bool:
         """Mark a job finished (SUCCEEDED or FAILED) or back in the queue (QUEUED).
 
         With ``worker_id``, only while that worker still holds the job: a
         worker whose lease ran out must not overwrite the next one's result.
+        With ``attempt`` too, only while that claim's lease has not lapsed.
         Returns whether the job was updated.
         """
         state = JobState(state)
@@ -178,6 +220,9 @@ class JobQueue:
         if worker_id is not None:
             query += " AND worker_id = ? AND state = ?"
             params += [worker_id, JobState.RUNNING.value]
+        if attempt is not None:
+            query += " AND attempts = ? AND state = ? AND lease_until >= ?"
+            params += [attempt, JobState.RUNNING.value, self.clock()]
         return self._connection().execute(query, params).rowcount == 1
 
     def requeue_interrupted(self, *, now: float | None = None, force: bool = False) -> list[int]:
@@ -197,28 +242,35 @@ class JobQueue:
             if not force:
                 query += " AND (lease_until IS NULL OR lease_until < ?)"
                 params.append(now)
+            if self.dialect == "postgresql":
+                # Nodes sweep at the same time: each takes the rows no other holds.
+                query += " ORDER BY id FOR UPDATE SKIP LOCKED"
+            else:
+                query += " ORDER BY id"
             requeued = []
-            for row in connection.execute(query + " ORDER BY id", params).fetchall():
+            for row in connection.execute(query, params).fetchall():
                 if row["attempts"] < self.max_attempts:
+                    # Only the attempt that was seen lapsing: never a new claim.
                     connection.execute(
                         "UPDATE jobs SET state = ?, worker_id = NULL, lease_until = NULL"
-                        " WHERE id = ?",
-                        (JobState.QUEUED.value, row["id"]),
+                        " WHERE id = ? AND state = ? AND attempts = ?",
+                        (JobState.QUEUED.value, row["id"], JobState.RUNNING.value,
+                         row["attempts"]),
                     )
                     requeued.append(row["id"])
                 else:
                     self._give_up(connection, row["id"], row["attempts"], now)
         return requeued
 
-    def _give_up(self, connection: sqlite3.Connection, job_id: int, attempts: int, now: float):
+    def _give_up(self, connection, job_id: int, attempts: int, now: float):
         error = (
             f"The job was interrupted {attempts} times (the worker stopped before it finished)"
             " and will not be tried again; use Re-run on the check run to build again"
         )
         connection.execute(
             "UPDATE jobs SET state = ?, error = ?, finished_at = ?, lease_until = NULL"
-            " WHERE id = ?",
-            (JobState.FAILED.value, error, now, job_id),
+            " WHERE id = ? AND state = ? AND attempts = ?",
+            (JobState.FAILED.value, error, now, job_id, JobState.RUNNING.value, attempts),
         )
         connection.execute(
             "UPDATE builds SET state = ?, error = ?, failure_cause = 'infrastructure',"
@@ -268,7 +320,7 @@ class JobQueue:
         return counts
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row) -> Job:
     return Job(
         id=row["id"],
         delivery_id=row["delivery_id"],

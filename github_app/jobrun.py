@@ -7,6 +7,11 @@
 
 A job interrupted by a crash is claimed again and finishes the check runs it
 had opened; builds it finished before the crash are only reported.
+
+Every record of a run is written under its claim's `Fence`, so a run whose
+claim lapsed gets `LeaseLost` from the store and stops: it records, pushes
+and reports nothing more. Before a success is reported, the registry's tag
+is checked against this run's digest.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,7 +29,6 @@ from pathlib import Path
 import builder
 from builder import registry as registry_api
 from github_app import reporting
-from github_app.buildlog import BuildLogFile
 from github_app.errors import (
     REPOSITORY,
     GitHubError,
@@ -31,7 +36,7 @@ from github_app.errors import (
     SlipwayError,
     VersionTaken,
 )
-from github_app.jobs import Build, BuildState, Job
+from github_app.jobs import Build, BuildState, Fence, Job, LeaseLost
 from github_app.reports import LOG_TAIL_BYTES, request_from_job
 from github_app.services import Service, parse_services
 from github_app.source import unpack_tarball
@@ -62,8 +67,11 @@ class Outcome:
 class JobRun:
     """One job: the steps of the flow, each a method, in order."""
 
-    def __init__(self, worker, job: Job):
+    def __init__(self, worker, job: Job, *, fence: Fence | None = None,
+                 cancel: threading.Event | None = None):
         self.worker = worker
+        self.fence = fence
+        self.cancel = cancel
         self.config = worker.config
         self.store = worker.store
         self.reporter = worker.reporter
@@ -101,7 +109,7 @@ class JobRun:
             if build.finished:
                 # Done before a crash; at most its report is missing.
                 if not build.reported:
-                    self.reporter.report_final(self.request, build, None)
+                    self.reporter.report_final(self.request, build, None, fence=self.fence)
                 continue
             builds.append((service, self._start(build)))
         if not builds:
@@ -200,7 +208,7 @@ class JobRun:
         """Mark the build running; open its check run and pending status on GitHub."""
         # Started before: a crash may have come between GitHub's answer and the record.
         resumed = build.state is BuildState.RUNNING and build.check_run_id is None
-        build = self.store.update_build(build.id, state=BuildState.RUNNING,
+        build = self._record(build.id, state=BuildState.RUNNING,
                                         started_at=time.time())
         details = self.reporter.details_url(build.id)
         started = reporting.check_run_started(
@@ -213,7 +221,7 @@ class JobRun:
             if build.check_run_id is None:
                 created = self.client.create_check_run(self.request.owner, self.request.repo,
                                                        started)
-                build = self.store.update_build(build.id, check_run_id=created["id"])
+                build = self._record(build.id, check_run_id=created["id"])
             else:
                 # Claimed again after a crash or re-run: the same check run goes on.
                 self.client.update_check_run(
@@ -240,16 +248,31 @@ class JobRun:
         )
         return unpack_tarball(archive, workdir / "src")
 
+    def _record(self, build_id: int, **fields) -> Build:
+        """Write to the build's record under this run's claim (`LeaseLost` once it lapsed)."""
+        return self.store.update_build(build_id, fence=self.fence, **fields)
+
     def _build_service(self, service: Service, build: Build, root: Path) -> Outcome:
         config = self.config
         limit = service.time_limit(config.build_timeout, config.build_timeout_max)
-        with BuildLogFile(config.data_dir, build.id,
-                          secrets=(config.registry_password, config.webhook_secret)) as buildlog:
+        buildlog = self.store.build_log(
+            build.id, fence=self.fence,
+            secrets=(config.registry_password, config.webhook_secret))
+
+        def on_log(line: str) -> None:
+            try:
+                buildlog.append(line)
+            except LeaseLost:
+                if self.cancel is not None:
+                    self.cancel.set()  # closes the engine's stream: the build stops there
+                raise
+
+        with buildlog:
             version = None
             try:
                 version = self._version(service, build)
                 # Stored the moment it is resolved: a job resumed after a crash reuses it.
-                self.store.update_build(build.id, version=version.tag,
+                self._record(build.id, version=version.tag,
                                         version_source=version.explanation)
                 reported = self._published_image(service, version)
                 push_image = reported is None
@@ -289,7 +312,7 @@ class JobRun:
                     dockerfile=service.dockerfile,
                     registry=config.registry,
                     network=config.build_network,
-                    on_log=buildlog.append,
+                    on_log=on_log,
                     revision=build.merge_sha,
                     source=self.request.html_url,
                     username=config.registry_username,
@@ -298,8 +321,13 @@ class JobRun:
                     engine_settings=config.engine,
                     memory=config.build_memory,
                     timeout=limit.seconds,
+                    cancel=self.cancel,
                     **self._artifact_options(service, push=push_image),
                 )
+                if not isinstance(result, builder.AmiResult):
+                    self._confirm_tag(service, version, result)
+            except (LeaseLost, builder.BuildCancelled):
+                raise  # this worker's claim lapsed: nothing more is recorded or reported
             except (builder.BuilderError, SlipwayError) as exc:
                 buildlog.append(f"Slipway: {exc}")
                 outcome = failure_outcome(exc, version=version,
@@ -388,6 +416,33 @@ class JobRun:
             log_tail="",
         )
 
+    def _confirm_tag(self, service: Service, version: Version, result) -> None:
+        """The tag must name this run's image before it is reported as published.
+
+        Only a worker that lost its claim while pushing could have moved it;
+        then this run, the one holding the job, pushes its image again."""
+        for _ in range(2):
+            stored = registry_api.Registry(
+                self.config.registry, username=self.config.registry_username,
+                password=self.config.registry_password,
+            ).read_image(service.name, version.tag)
+            if stored is not None and stored.digest == result.digest:
+                return
+            log.warning("the registry's %s:%s is %s, not this build's %s: pushing again",
+                        service.name, version.tag, stored.digest if stored else "missing",
+                        result.digest, extra={"job_id": self.job.id})
+            if self.fence is not None and not self.store.holds(self.fence):
+                raise LeaseLost(f"job {self.job.id} is no longer this worker's")
+            builder.push_again(service.name, version.tag, self.config.registry,
+                               username=self.config.registry_username,
+                               password=self.config.registry_password,
+                               docker_client=self.worker.docker_client,
+                               engine_settings=self.config.engine)
+        raise builder.PushFailed(
+            f"The registry's {service.name}:{version.tag} does not hold the image this build "
+            f"pushed ({result.digest}); another build is pushing the same tag"
+        )
+
     def _finish(self, build: Build, outcome: Outcome) -> BuildState:
         """Record the outcome, then report it; the record comes first."""
         result = outcome.result
@@ -410,12 +465,12 @@ class JobRun:
         if outcome.failure is not None:
             fields.update(error=outcome.failure.message, failure_cause=outcome.failure.cause,
                           failure_kind=outcome.failure.kind)
-        build = self.store.update_build(build.id, **fields)
+        build = self._record(build.id, **fields)
         if self.worker.metrics is not None:
             self.worker.metrics.build_finished(str(outcome.state), build.duration or 0.0)
         log.info("build %s %s", build.id, outcome.state,
                  extra={"job_id": self.job.id, "build_id": build.id})
-        self.reporter.report_final(self.request, build, outcome.log_tail)
+        self.reporter.report_final(self.request, build, outcome.log_tail, fence=self.fence)
         return outcome.state
 
     def _work_root(self) -> Path:

@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
 
 from . import badges, reporting, signin
-from .buildlog import BuildLogFile
 from .jobs import BuildState
 from .runtime import current_runtime
 
@@ -296,7 +295,7 @@ def _viewer_context() -> dict:
 def show_build(build_id: int):
     runtime = current_runtime()
     build = _build_or_404(build_id)
-    log = BuildLogFile(runtime.config.data_dir, build.id)
+    log = runtime.store.build_log(build.id)
     start = max(0, log.size() - PAGE_LOG_BYTES)
     text, offset = log.read(start)
     if start > 0:  # begin at a whole line
@@ -338,7 +337,7 @@ def build_log(build_id: int):
         return Response("offset must be 0 or more.\n", status=400, mimetype="text/plain")
     # A follower reads a chunk at a time; a plain GET gets the whole log.
     limit = LOG_CHUNK_BYTES if "offset" in request.args else None
-    text, next_offset = BuildLogFile(runtime.config.data_dir, build.id).read(offset, limit)
+    text, next_offset = runtime.store.build_log(build.id).read(offset, limit)
     response = Response(text, mimetype="text/plain")
     response.headers["X-Log-Offset"] = str(next_offset)
     response.headers["X-Build-State"] = build.state.value

@@ -25,7 +25,6 @@ from pathlib import Path
 import builder
 from builder import registry as registry_api
 from github_app import previews, reporting
-from github_app.buildlog import BuildLogFile
 from github_app.errors import GitHubError, ServiceConfigError, SlipwayError, VersionTaken
 from github_app.floating_tags import staging_tag, tags_to_move
 from github_app.forks import approves_head, trusted_head
@@ -158,7 +157,7 @@ class PreMergeRun:
     def _reuse(self, build: Build, earlier: Build, version: Version | None,
                problem: Exception | None) -> BuildState:
         """Only the version changed: the same check run says what merging now publishes."""
-        with BuildLogFile(self.config.data_dir, build.id) as buildlog:
+        with self.store.build_log(build.id) as buildlog:
             buildlog.append(f"Slipway: head {build.head_sha} was built by build {earlier.id}; "
                             "only the version is resolved again, nothing is built")
         self.store.update_build(build.id, check_run_id=earlier.check_run_id,
@@ -228,8 +227,8 @@ class PreMergeRun:
         config = self.config
         tag = staging_tag(self.request.pr_number)
         limit = service.time_limit(config.build_timeout, config.build_timeout_max)
-        with BuildLogFile(config.data_dir, build.id,
-                          secrets=(config.registry_password, config.webhook_secret)) as buildlog:
+        with self.store.build_log(build.id, secrets=(config.registry_password,
+                                                     config.webhook_secret)) as buildlog:
             buildlog.append(f"Slipway: building head {build.head_sha} of pull request "
                             f"#{self.request.pr_number}, staged as {service.name}:{tag}, "
                             f"time limit {limit.seconds} s")

@@ -8,12 +8,12 @@ the truth from here.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from .fencing import FENCE_HOLDS, Fence, LeaseLost
 from .store import StoreError
 
 
@@ -136,9 +136,10 @@ class BuildRecords:
         private: bool | None = None,
     ) -> int:
         """Record a QUEUED build of one service for a job; return its id."""
-        cursor = self._connection().execute(
+        rows = self._connection().execute(
             "INSERT INTO builds (job_id, repository, service, pr_number, head_sha, merge_sha,"
-            " check_run_name, state, created_at, private) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " check_run_name, state, created_at, private) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " RETURNING id",
             (
                 job_id,
                 repository,
@@ -151,15 +152,17 @@ class BuildRecords:
                 self.clock(),
                 None if private is None else int(bool(private)),
             ),
-        )
-        return cursor.lastrowid
+        ).fetchall()
+        return rows[0]["id"]
 
-    def update_build(self, build_id: int, **fields: Any) -> Build:
+    def update_build(self, build_id: int, *, fence: Fence | None = None, **fields: Any) -> Build:
         """Set some of a build's fields; return the build as stored.
 
         Fields: state, check_run_id, version, version_source, reference,
         digest, image_id, size, duration, failure_kind, error, failure_cause,
         started_at, finished_at, reported. ``None`` clears a field.
+        With ``fence``, only while that claim holds the build's job: otherwise
+        nothing changes and `LeaseLost` is raised.
         """
         unknown = sorted(set(fields) - set(_BUILD_UPDATABLE))
         if unknown:
@@ -177,12 +180,20 @@ class BuildRecords:
                     None if value is None else _BUILD_UPDATABLE[name](value)
                     for name, value in fields.items()
                 ]
-                connection.execute(
-                    f"UPDATE builds SET {assignments} WHERE id = ?", (*values, build_id)
-                )
+                query = f"UPDATE builds SET {assignments} WHERE id = ?"
+                params = [*values, build_id]
+                if fence is not None:
+                    query += " AND " + FENCE_HOLDS
+                    params += [fence.job_id, fence.attempt, self.clock()]
+                changed = connection.execute(query, params).rowcount
             row = connection.execute("SELECT * FROM builds WHERE id = ?", (build_id,)).fetchone()
             if row is None:
                 raise UnknownBuild(f"There is no build {build_id}")
+            if fields and fence is not None and changed == 0:
+                raise LeaseLost(
+                    f"The store refused to record build {build_id}: this worker's claim of "
+                    f"job {fence.job_id} (attempt {fence.attempt}) has lapsed"
+                )
         return _build(row)
 
     def get_build(self, build_id: int) -> Build | None:
@@ -283,7 +294,7 @@ def _marks(values) -> str:
     return ", ".join("?" for _ in values)
 
 
-def _build(row: sqlite3.Row) -> Build:
+def _build(row) -> Build:
     values = dict(row)
     values["state"] = BuildState(values["state"])
     values["reported"] = bool(values["reported"])

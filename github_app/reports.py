@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 
 from github_app import previews, reporting
-from github_app.buildlog import BuildLogFile
 from github_app.errors import GitHubError
-from github_app.jobs import Build, Job, JobStore
+from github_app.jobs import Build, Fence, Job, JobState, JobStore, LeaseLost
 from github_app.webhooks import BuildKind, BuildRequest
 
 log = logging.getLogger(__name__)
@@ -35,18 +34,26 @@ class Reporter:
         """Report finished builds whose check run or status GitHub did not accept yet."""
         for build in self.store.unreported_builds():
             job = self.store.get_job(build.job_id)
-            if job is None:
+            # A running job reports its own builds (under its claim); this is
+            # for the ones whose worker could not.
+            if job is None or job.state is JobState.RUNNING:
                 continue
             self.report_final(request_from_job(job), build, None)
 
-    def report_final(self, request: BuildRequest, build: Build, log_tail: str | None) -> bool:
+    def report_final(self, request: BuildRequest, build: Build, log_tail: str | None, *,
+                     fence: Fence | None = None) -> bool:
         """Complete the check run and set the status from the build's record.
 
-        Records whether GitHub took both, so `report_pending` can try again."""
+        Records whether GitHub took both, so `report_pending` can try again.
+        With ``fence``, only while that claim holds the job (else `LeaseLost`):
+        a worker whose lease lapsed reports nothing."""
+        if fence is not None and not self.store.holds(fence):
+            raise LeaseLost(f"job {fence.job_id} attempt {fence.attempt} no longer holds "
+                            f"build {build.id}: its report is not sent")
         client = self.github.installation(request.installation_id)
         details = self.details_url(build.id)
         if log_tail is None:
-            log_tail = BuildLogFile(self.config.data_dir, build.id).tail(LOG_TAIL_BYTES)
+            log_tail = self.store.build_log(build.id).tail(LOG_TAIL_BYTES)
         if build.pre_merge:
             # Before the merge there is no merge commit to put a status on.
             check_run, status = previews.final_report(build, details_url=details,
@@ -62,7 +69,8 @@ class Reporter:
                 check_run.update(name=build.check_run_name, head_sha=build.head_sha,
                                  external_id=str(build.id))
                 created = client.create_check_run(request.owner, request.repo, check_run)
-                build = self.store.update_build(build.id, check_run_id=created["id"])
+                build = self.store.update_build(build.id, fence=fence,
+                                                check_run_id=created["id"])
             else:
                 client.update_check_run(request.owner, request.repo, build.check_run_id,
                                         check_run)
@@ -72,7 +80,7 @@ class Reporter:
             log.warning("could not report build %s: %s", build.id, exc,
                         extra={"build_id": build.id})
             return False
-        self.store.update_build(build.id, reported=True)
+        self.store.update_build(build.id, fence=fence, reported=True)
         return True
 
 

@@ -228,6 +228,11 @@ def exchange_code(api_url: str, code: str, *, timeout: float = CONVERSION_TIMEOU
 # -- the running app ------------------------------------------------------------
 
 
+def shared_store(runtime: Any):
+    """The store when every node shares it (DATABASE_URL): the App's credentials live there."""
+    return runtime.store if runtime.config.database_url else None
+
+
 def adopt_credentials(runtime: Any, stored: dict) -> bool:
     """Make `runtime` use the stored App; call `on_credentials`. False when it already had one."""
     with _lock:
@@ -265,7 +270,7 @@ def pick_up_stored_credentials(runtime: Any) -> None:
     if config.has_app_credentials or config.app_id or config.private_key or config.webhook_secret:
         return
     try:
-        stored = credentials.load(config.data_dir)
+        stored = credentials.load(config.data_dir, store=shared_store(runtime))
     except ConfigError as exc:
         log.warning("stored App credentials not used: %s", exc)
         return
@@ -361,17 +366,18 @@ def finish_setup():
                            "/setup and click the button again.")
     try:
         conversion = exchange_code(config.api_url, code)
-        stored = credentials.save(config.data_dir, conversion)
+        stored = credentials.save(config.data_dir, conversion, store=shared_store(runtime))
     except GitHubError as exc:
         log.warning("manifest conversion failed: %s", exc)
         status = 400 if exc.status in (404, 422) else 502
         return _error_page(status, "GitHub did not hand over the App", str(exc))
     except credentials.CredentialsExist:
-        stored = credentials.load(config.data_dir)
+        stored = credentials.load(config.data_dir, store=shared_store(runtime))
     except ConfigError as exc:
         return _error_page(502, "GitHub's answer is not usable", str(exc))
     log.info("GitHub App %s (id %s) created from the manifest; credentials stored in %s",
-             stored.get("slug"), stored.get("id"), credentials.credentials_path(config.data_dir))
+             stored.get("slug"), stored.get("id"),
+             credentials.where(config.data_dir, shared_store(runtime)))
     adopt_credentials(runtime, stored)
     token_path(config.data_dir).unlink(missing_ok=True)
     response = _done_page(runtime, just_created=True)
@@ -383,7 +389,7 @@ def _done_page(runtime: Any, *, just_created: bool) -> Response:
     app = runtime.extras.get("app")
     if app is None:
         try:
-            stored = credentials.load(runtime.config.data_dir)
+            stored = credentials.load(runtime.config.data_dir, store=shared_store(runtime))
         except ConfigError:
             stored = None
         app = credentials.public_view(stored) if stored else {"id": runtime.config.app_id}

@@ -2,12 +2,20 @@
 
 Each claimed job holds a lease that a heartbeat thread keeps alive while it
 builds. A job interrupted by a crash goes back to the queue when its lease
-runs out, and the report retry (`reports`) completes what GitHub missed.
+runs out (any node's maintenance puts it back), and the report retry
+(`reports`) completes what GitHub missed.
+
+Fencing: the claim's `Fence` goes with every write of the job. When the
+store refuses the heartbeat, or no heartbeat reached it for a whole lease
+(the worker was paused or cut off), the job is no longer this worker's: its
+build is stopped in the engine (`cancel`), nothing more is pushed, recorded
+or reported, and the worker takes the next job.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -17,7 +25,16 @@ from collections.abc import Callable
 import builder
 from github_app import logs, reporting
 from github_app.jobrun import JobRun
-from github_app.jobs import BuildState, Job, JobKind, JobState, JobStore
+from github_app.jobs import (
+    BuildState,
+    Fence,
+    Job,
+    JobKind,
+    JobState,
+    JobStore,
+    LeaseLost,
+    StoreUnavailable,
+)
 from github_app.premerge import PreMergeRun, rerun_request
 from github_app.reports import Reporter, request_from_job
 from github_app.staging import remove_stage
@@ -26,6 +43,8 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 30.0
 MAINTENANCE_SECONDS = 60.0
+# How long a worker waits when the store does not answer before it tries again.
+STORE_RETRY_SECONDS = 2.0
 
 
 class Worker:
@@ -53,7 +72,13 @@ class Worker:
         self.build_artifact = build
         self.reporter = Reporter(config, store, github)
         self._stop = threading.Event()
-        self._name = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        # Host and process id: an operator finds the worker that holds a job.
+        self._name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        lease = float(getattr(store, "lease_seconds", 60.0))
+        # Renew well inside the lease, and look for lapsed ones often enough
+        # that a job of a dead worker waits about one lease, not minutes.
+        self.heartbeat_seconds = min(HEARTBEAT_SECONDS, lease / 3)
+        self.maintenance_seconds = min(MAINTENANCE_SECONDS, lease / 2)
 
     # -- running -------------------------------------------------------------
 
@@ -80,7 +105,12 @@ class Worker:
         worker_id = f"{self._name}-{index}"
         last_report_retry = time.monotonic()
         while not self._stop.is_set():
-            job = self.store.claim(worker_id)
+            try:
+                job = self.store.claim(worker_id)
+            except StoreUnavailable as exc:
+                log.warning("cannot claim a job: %s", exc)
+                self._stop.wait(STORE_RETRY_SECONDS)
+                continue
             if job is not None:
                 self.process(job, worker_id)
                 continue
@@ -91,13 +121,18 @@ class Worker:
                 continue
             self.wakeup.wait(timeout=1.0)
             self.wakeup.clear()
-            if index == 0 and time.monotonic() - last_report_retry > MAINTENANCE_SECONDS:
+            if index == 0 and time.monotonic() - last_report_retry > self.maintenance_seconds:
                 last_report_retry = time.monotonic()
                 # A worker process that died holds its job until the lease runs
                 # out; then it goes back to the queue instead of blocking its
                 # repository for good.
-                self.store.requeue_interrupted()
-                self.report_pending()
+                try:
+                    requeued = self.store.requeue_interrupted()
+                    if requeued:
+                        log.info("requeued job(s) whose lease lapsed: %s", requeued)
+                    self.report_pending()
+                except StoreUnavailable as exc:
+                    log.warning("maintenance skipped: %s", exc)
 
     def process(self, job: Job, worker_id: str) -> None:
         """Run one claimed job; every service's check run ends `completed`."""
@@ -105,21 +140,33 @@ class Worker:
             self._process(job, worker_id)
 
     def _process(self, job: Job, worker_id: str) -> None:
-        heartbeat = _Heartbeat(self.store, job.id, worker_id)
+        fence = Fence(job.id, job.attempts)
+        cancel = threading.Event()
+        heartbeat = _Heartbeat(self.store, fence, worker_id, cancel,
+                               interval=self.heartbeat_seconds)
         heartbeat.start()
         try:
-            failed = self._run_job(job)
-            self.store.finish(
-                job.id, JobState.FAILED if failed else JobState.SUCCEEDED, worker_id=worker_id
-            )
+            failed = self._run_job(job, fence, cancel)
+            if not self.store.finish(job.id, JobState.FAILED if failed else JobState.SUCCEEDED,
+                                     worker_id=worker_id, attempt=fence.attempt):
+                raise LeaseLost(f"the store refused to finish job {job.id}")
+        except (LeaseLost, builder.BuildCancelled) as exc:
+            cancel.set()
+            log.warning("job %s attempt %s is no longer this worker's (%s): its build is "
+                        "stopped and nothing more of it is pushed or reported", job.id,
+                        fence.attempt, heartbeat.reason or exc, extra={"job_id": job.id})
         except Exception as exc:  # a bug must not kill the worker thread
             log.exception("job %s crashed", job.id, extra={"job_id": job.id})
-            self.store.finish(job.id, JobState.FAILED, error=str(exc), worker_id=worker_id)
-            self._fail_unfinished(job, exc)
+            try:
+                if self.store.finish(job.id, JobState.FAILED, error=str(exc),
+                                     worker_id=worker_id, attempt=fence.attempt):
+                    self._fail_unfinished(job, exc, fence)
+            except (StoreUnavailable, LeaseLost) as store_exc:
+                log.warning("job %s: could not record the crash: %s", job.id, store_exc)
         finally:
             heartbeat.stop()
 
-    def _run_job(self, job: Job) -> bool:
+    def _run_job(self, job: Job, fence: Fence, cancel: threading.Event) -> bool:
         """The job's steps by its kind; True when any of its builds failed."""
         if job.kind == JobKind.PRE_MERGE:
             return PreMergeRun(self, job).execute()
@@ -129,9 +176,9 @@ class Worker:
         if job.kind == JobKind.CLOSED:
             remove_stage(self, request_from_job(job))
             return False
-        return JobRun(self, job).execute()
+        return JobRun(self, job, fence=fence, cancel=cancel).execute()
 
-    def _fail_unfinished(self, job: Job, exc: Exception) -> None:
+    def _fail_unfinished(self, job: Job, exc: Exception, fence: Fence | None = None) -> None:
         """End the builds a crashed job left running, so no check run stays in progress."""
         failure = reporting.Failure.from_error(exc)
         for build in self.store.builds_for_job(job.id):
@@ -148,19 +195,58 @@ class Worker:
 
 
 class _Heartbeat:
-    """Keeps the job's lease alive while it builds, so no one takes it over."""
+    """Keeps the claim's lease alive while it builds; sets `cancel` when the claim is lost.
 
-    def __init__(self, store: JobStore, job_id: int, worker_id: str):
-        self.store, self.job_id, self.worker_id = store, job_id, worker_id
+    Lost: the store refused a renewal (another node holds the job), or no
+    renewal reached the store for a whole lease (this worker was paused or
+    cut off, so another node may hold it by now). A watchdog thread measures
+    the second case, since a renewal may hang while the network is down.
+    """
+
+    def __init__(self, store: JobStore, fence: Fence, worker_id: str, cancel: threading.Event,
+                 *, interval: float = HEARTBEAT_SECONDS):
+        self.store, self.fence, self.worker_id = store, fence, worker_id
+        self.cancel = cancel
+        self.interval = interval
+        self.lease = float(getattr(store, "lease_seconds", 60.0))
+        self.reason: str | None = None
+        self._renewed = time.monotonic()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._threads = [threading.Thread(target=self._run, daemon=True, name="heartbeat"),
+                         threading.Thread(target=self._watch, daemon=True, name="lease-watch")]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            self.store.heartbeat(self.job_id, worker_id=self.worker_id)
+        while not self._stop.wait(self.interval):
+            attempted = time.monotonic()
+            try:
+                renewed = self.store.heartbeat(self.fence.job_id, worker_id=self.worker_id,
+                                               attempt=self.fence.attempt)
+            except Exception as exc:  # the store is down: the watchdog counts the time
+                log.warning("heartbeat of job %s did not reach the store: %s",
+                            self.fence.job_id, exc)
+                continue
+            if not renewed:
+                self._lose("the store refused its heartbeat: the lease had lapsed and the "
+                           "job may be another worker's")
+                return
+            self._renewed = attempted
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            if time.monotonic() - self._renewed > self.lease:
+                self._lose(f"no heartbeat reached the store for {self.lease:g} s (its lease)")
+                return
+
+    def _lose(self, reason: str) -> None:
+        if self.reason is None and not self._stop.is_set():
+            self.reason = reason
+            log.warning("job %s attempt %s: %s; stopping its build", self.fence.job_id,
+                        self.fence.attempt, reason, extra={"job_id": self.fence.job_id})
+            self.cancel.set()
 
     def stop(self) -> None:
         self._stop.set()

@@ -11,7 +11,11 @@ import uuid
 import pytest
 
 REGISTRY = os.environ.get("TEST_REGISTRY_ADDR", "127.0.0.1:5000")
-_ENV_PREFIXES = ("GITHUB_", "REGISTRY", "TARGET_BRANCH", "PUBLIC_URL", "DATA_DIR", "BUILD_NETWORK")
+# The PostgreSQL cluster scripts/test-env starts (the store's second backend).
+DATABASE_URL = os.environ.get("TEST_DATABASE_URL",
+                              "postgresql://slipway:slipway@127.0.0.1:5433/slipway")
+_ENV_PREFIXES = ("GITHUB_", "REGISTRY", "TARGET_BRANCH", "PUBLIC_URL", "DATA_DIR", "BUILD_NETWORK",
+                 "DATABASE_URL", "LEASE_SECONDS")
 
 
 @pytest.fixture(autouse=True)
@@ -103,6 +107,32 @@ def moto():
     server = MotoServer()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def postgres_url():
+    """A URL of the test cluster whose tables land in a schema of this test's own."""
+    import psycopg
+
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(DATABASE_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:  # pragma: no cover - environment problem
+        pytest.fail(f"no PostgreSQL answers at TEST_DATABASE_URL ({exc}); "
+                    "run scripts/test-env first")
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        # libpq's `options` puts every connection of the store in that schema.
+        yield f"{DATABASE_URL}?options=-csearch_path%3D{schema}"
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """Where a store under test lives: a SQLite file, then a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return tmp_path / "store" / "slipway.sqlite3"
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

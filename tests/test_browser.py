@@ -15,7 +15,6 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from github_app import pages
-from github_app.buildlog import BuildLogFile
 from github_app.config import Config
 from github_app.jobs import BuildState, JobStore
 from github_app.runtime import Runtime
@@ -156,7 +155,7 @@ def test_build_page_follows_the_log_live_and_shows_the_result(server, page, tmp_
     build_id = record_build(
         store, delivery="d-1", state=BuildState.RUNNING, pr=14, started_at=store.clock() - 20
     )
-    log = BuildLogFile(server.config.data_dir, build_id)
+    log = server.store.build_log(build_id)
     log.append("Step 1/5 : FROM python:3.11-slim")
     log.append(" ---> 0b2d5a1f3c4e")
 
@@ -220,7 +219,7 @@ def test_build_page_is_readable_without_javascript(server, browser):
     build_id = record_build(
         server.store, delivery="d-1", state=BuildState.RUNNING, pr=5, started_at=1.0
     )
-    with BuildLogFile(server.config.data_dir, build_id) as log:
+    with server.store.build_log(build_id) as log:
         log.append("Step 1/2 : FROM python:3.11-slim")
 
     context = browser.new_context(java_script_enabled=False)
@@ -229,7 +228,7 @@ def test_build_page_is_readable_without_javascript(server, browser):
         page.goto(f"{server.url}/builds/{build_id}")
         assert page.locator("#log").inner_text().strip() == "Step 1/2 : FROM python:3.11-slim"
         assert page.locator("#status").inner_text() == "RUNNING"
-        with BuildLogFile(server.config.data_dir, build_id) as log:
+        with server.store.build_log(build_id) as log:
             log.append('Step 2/2 : CMD ["python"]')
         # <noscript><meta refresh> reloads every 5 s while the build runs.
         page.wait_for_selector("#log:has-text('Step 2/2')", timeout=15_000)

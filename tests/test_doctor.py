@@ -246,3 +246,21 @@ def test_adding_a_check_is_one_function():
     finally:
         doctor.CHECKS.pop()
     assert added == ["FAIL  example: the example is broken; fix it"]
+
+
+def test_a_database_url_that_answers_passes_and_one_that_does_not_says_what_to_check(
+        environ, postgres_url):
+    """DATABASE_URL is checked: a reachable PostgreSQL passes (no password printed); a wrong
+    password fails the database line only, saying what to check."""
+    environ["DATABASE_URL"] = postgres_url
+    status, lines = run_doctor(environ)
+    assert "PostgreSQL 1" in lines["database"] and "answers and takes writes" in lines["database"]
+    assert lines["database"].startswith("ok ")
+    assert ":slipway@" not in lines["database"]
+
+    environ["DATABASE_URL"] = postgres_url.replace("slipway:slipway@", "slipway:wrong-pass@")
+    status, lines = run_doctor(environ)
+    assert status == 1
+    assert failed(lines) == ["database"]
+    assert "check that PostgreSQL is up and that DATABASE_URL names it" in lines["database"]
+    assert "wrong-pass" not in lines["database"]

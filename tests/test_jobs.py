@@ -36,8 +36,9 @@ def clock():
 
 
 @pytest.fixture
-def store(data_dir, clock):
-    with JobStore.from_data_dir(data_dir, clock=clock, lease_seconds=60) as store:
+def store(store_location, clock):
+    """The store on each backend: SQLite in a file, PostgreSQL in a schema of its own."""
+    with JobStore(store_location, clock=clock, lease_seconds=60) as store:
         yield store
 
 
@@ -101,9 +102,9 @@ def test_enqueue_rejects_an_unknown_kind(store):
         enqueue(store, "d-1", kind="deploy")
 
 
-def test_concurrent_enqueues_of_one_delivery_create_one_job(data_dir):
+def test_concurrent_enqueues_of_one_delivery_create_one_job(store_location):
     """16 threads racing with the same delivery id get one job and the same id."""
-    store = JobStore.from_data_dir(data_dir)
+    store = JobStore(store_location)
     barrier = threading.Barrier(16)
     results = []
 
@@ -121,16 +122,16 @@ def test_concurrent_enqueues_of_one_delivery_create_one_job(data_dir):
     assert len(results) == 16
     assert len({r.job_id for r in results}) == 1
     assert sum(r.created for r in results) == 1
-    with JobStore.from_data_dir(data_dir) as reopened:
+    with JobStore(store_location) as reopened:
         assert reopened.job_counts()[JobState.QUEUED] == 1
 
 
-def test_a_job_survives_a_restart(data_dir):
+def test_a_job_survives_a_restart(store_location):
     """A job queued before the process stops is still queued after it starts again."""
-    with JobStore.from_data_dir(data_dir) as store:
+    with JobStore(store_location) as store:
         job_id = enqueue(store, "d-1", title="Release 1.4.0").job_id
 
-    with JobStore.from_data_dir(data_dir) as reopened:
+    with JobStore(store_location) as reopened:
         job = reopened.get_job(job_id)
         assert job.state is JobState.QUEUED
         assert job.request == {"pr": 1, "title": "Release 1.4.0"}
@@ -138,11 +139,27 @@ def test_a_job_survives_a_restart(data_dir):
         assert reopened.claim("w1").id == job_id
 
 
-def test_the_schema_is_versioned_and_wal(data_dir, store):
+def test_the_schema_is_versioned_and_wal(data_dir):
     """The file records its schema version and runs in WAL mode."""
+    with JobStore.from_data_dir(data_dir) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        with sqlite3.connect(store.path) as raw:
+            assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_both_backends_reach_the_same_schema_version(store):
+    """Migrations bring SQLite and PostgreSQL to one numbered version, applied at start."""
     assert store.schema_version() == SCHEMA_VERSION
-    with sqlite3.connect(store.path) as raw:
-        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_database_refuses_a_second_running_job_of_one_repository(store):
+    """Not only the claim's query: the schema itself holds one running job per repository."""
+    first, second = enqueue(store, "d-1").job_id, enqueue(store, "d-2").job_id
+    store.claim("w1")
+    with pytest.raises(store.conflicts), store._write() as connection:
+        connection.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (second,))
+    assert store.get_job(first).state is JobState.RUNNING
+    assert store.get_job(second).state is JobState.QUEUED
 
 
 def test_a_newer_schema_is_refused(data_dir):
@@ -218,9 +235,9 @@ def test_jobs_of_one_repository_run_one_at_a_time(store):
     assert store.get_job(a1).error == "the Dockerfile is missing"
 
 
-def test_claim_from_threads_never_hands_out_a_job_twice(data_dir):
+def test_claim_from_threads_never_hands_out_a_job_twice(store_location):
     """8 threads draining 200 jobs of 200 repositories each get distinct jobs."""
-    store = JobStore.from_data_dir(data_dir)
+    store = JobStore(store_location)
     ids = {enqueue(store, f"d-{i}", repository=f"octo/r{i}").job_id for i in range(200)}
     claimed: list[int] = []
     lock = threading.Lock()
@@ -253,12 +270,12 @@ def _claim_in_another_process(path, worker_id, start, queue):
     queue.put(runs)
 
 
-def test_two_processes_never_claim_the_same_job(data_dir):
-    """A second worker process on the same file never gets a job the first one got, and
+def test_two_processes_never_claim_the_same_job(store_location):
+    """A second worker process on the same store never gets a job the first one got, and
     never runs a job of a repository the first one is building."""
-    with JobStore.from_data_dir(data_dir) as store:
+    with JobStore(store_location) as store:
         ids = {enqueue(store, f"d-{i}", repository=f"octo/r{i % 7}").job_id for i in range(150)}
-        path = store.path
+    path = store_location
 
     context = multiprocessing.get_context("spawn")
     start, queue = context.Event(), context.Queue()
@@ -518,8 +535,9 @@ def test_healthcheck_passes_on_a_working_store(store):
     store.healthcheck()
 
 
-def test_healthcheck_says_why_the_store_cannot_be_used(store):
+def test_healthcheck_says_why_the_store_cannot_be_used(data_dir):
     """A store whose file was damaged fails the health check with the path and the reason."""
+    store = JobStore.from_data_dir(data_dir)
     store.close()
     store.path.write_bytes(b"not a database " * 512)
     for suffix in ("-wal", "-shm"):

@@ -12,7 +12,6 @@ import pytest
 from flask import Flask
 
 from github_app import pages
-from github_app.buildlog import BuildLogFile
 from github_app.config import Config
 from github_app.jobs import BuildState, JobStore
 from github_app.runtime import Runtime
@@ -89,7 +88,7 @@ class Site:
             fields.setdefault("duration", 83.0)
         self.store.update_build(build_id, state=state, **fields)
         if log:
-            with BuildLogFile(self.config.data_dir, build_id) as build_log:
+            with self.store.build_log(build_id) as build_log:
                 build_log.append(log)
         return build_id
 
@@ -285,7 +284,7 @@ def test_log_is_plain_text_and_reads_on_from_an_offset(site):
     assert whole.headers["X-Build-State"] == "running"
     assert whole.headers["X-Content-Type-Options"] == "nosniff"
 
-    with BuildLogFile(site.config.data_dir, build_id) as log:
+    with site.store.build_log(build_id) as log:
         log.append("line two <b>é</b>")
     rest = site.client.get(f"{log_url}?offset=9")
     assert rest.get_data(as_text=True) == "line two <b>é</b>\n"

@@ -498,3 +498,25 @@ def test_setup_stores_the_oauth_client_so_sign_in_works_at_once(client, app, fak
     assert start.status_code == 302
     assert f"client_id={conversion['client_id']}" in start.headers["Location"]
     assert "client_secret" not in repr(config)
+
+
+def test_with_a_shared_store_every_node_gets_the_app_setup_created(
+        data_dir, tmp_path, fake_github, postgres_url):
+    """With DATABASE_URL the credentials go to the store, not to one node's DATA_DIR: a web
+    node with a DATA_DIR of its own verifies webhooks with the new secret at once."""
+    node = make_app(data_dir, fake_github.url, database_url=postgres_url)
+    other_dir = tmp_path / "other-node"
+    other_dir.mkdir()
+    other = make_app(other_dir, fake_github.url, database_url=postgres_url)
+    conversion = fake_github.add_manifest_code("shared-store")
+    client = node.test_client()
+    state = start_setup(client)
+    assert client.get(f"/setup/callback?code=shared-store&state={state}").status_code == 200
+
+    assert not (data_dir / "app-credentials.json").exists()
+    body, headers = ping_delivery(conversion["webhook_secret"])
+    assert other.test_client().post("/webhook", data=body, headers=headers).status_code == 200
+    with pytest.raises(credentials.CredentialsExist):
+        credentials.save(other_dir, conversion, store=other.extensions["slipway"].store)
+    for app in (node, other):
+        app.extensions["slipway"].store.close()
