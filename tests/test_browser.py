@@ -158,6 +158,7 @@ def test_build_page_follows_the_log_live_and_shows_the_result(server, page, tmp_
     log = server.store.build_log(build_id)
     log.append("Step 1/5 : FROM python:3.11-slim")
     log.append(" ---> 0b2d5a1f3c4e")
+    log.flush()  # the worker's log reaches the store within half a second; now, for the test
 
     page.goto(f"{server.url}/builds/{build_id}")
     assert page.locator("#status").inner_text() == "RUNNING"
