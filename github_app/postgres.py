@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 # Two nodes starting at once must not both migrate: one transaction-level
 # advisory lock (a number of Slipway's own) makes the second wait.
 MIGRATION_LOCK = 0x51195A7
-DEFAULT_RETRY_SECONDS = 15.0
+# Rides out a restart of PostgreSQL, and stays within GitHub's 10 s for a webhook.
+DEFAULT_RETRY_SECONDS = 5.0
 CONNECT_TIMEOUT = 5
 
 # Errors that say "unique key taken": the claim tries the next job on them.
@@ -143,7 +144,11 @@ class Database:
             min_size=1,
             max_size=max_size,
             kwargs={"autocommit": True, "row_factory": _row_factory,
-                    "connect_timeout": CONNECT_TIMEOUT},
+                    "connect_timeout": CONNECT_TIMEOUT,
+                    # A peer that vanished (a cut link) fails a query within
+                    # seconds instead of TCP's minutes.
+                    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                    "keepalives_count": 3, "tcp_user_timeout": 10_000},
             open=False,
             timeout=retry_seconds,
             name="slipway",
