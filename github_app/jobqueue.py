@@ -34,7 +34,7 @@ import orjson
 from .fencing import FENCE_HOLDS, Fence
 from .records import BuildState
 from .store import StoreUnavailable
-from .webhooks import BuildKind
+from .webhooks import REFRESH, BuildKind
 
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -306,9 +306,32 @@ class JobQueue:
         )
         for row in rows:
             request = orjson.loads(row["request"])
+            if request.get("action") == REFRESH:  # Slipway's own re-preview, not a push
+                continue
             if request.get("pr_number") == pr_number and request.get("head_sha") != head_sha:
                 return request.get("head_sha")
         return None
+
+    def open_pull_requests(self, repository: str, *, window: int = 1000) -> list[dict]:
+        """The latest pre-merge request of each pull request of `repository` not yet closed.
+
+        Open means Slipway saw no merge or close of it among the last `window` jobs."""
+        latest: dict[int, dict] = {}
+        closed: set[int] = set()
+        rows = self._connection().execute(
+            "SELECT kind, request FROM jobs WHERE repository = ? ORDER BY id DESC LIMIT ?",
+            (repository, window),
+        )
+        for row in rows:
+            request = orjson.loads(row["request"])
+            number = request.get("pr_number")
+            if number is None:
+                continue
+            if row["kind"] in (JobKind.MERGE.value, JobKind.CLOSED.value):
+                closed.add(number)
+            elif row["kind"] == JobKind.PRE_MERGE.value and number not in latest:
+                latest[number] = request
+        return [request for number, request in sorted(latest.items()) if number not in closed]
 
     def job_counts(self) -> dict[JobState, int]:
         """Jobs per state, every state present (for /metrics)."""

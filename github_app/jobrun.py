@@ -40,7 +40,12 @@ from github_app.jobs import Build, BuildState, Fence, Job, LeaseLost
 from github_app.reports import LOG_TAIL_BYTES, request_from_job
 from github_app.services import Service, parse_services
 from github_app.source import unpack_tarball
-from github_app.staging import move_floating_tags, publish_staged, remove_stage
+from github_app.staging import (
+    move_floating_tags,
+    publish_staged,
+    queue_refreshes,
+    remove_stage,
+)
 from github_app.versions import Version, kept_version, rerun_version, resolve_version
 from github_app.webhooks import BuildKind, BuildRequest
 
@@ -128,6 +133,8 @@ class JobRun:
             shutil.rmtree(workdir, ignore_errors=True)
         if self.request.kind == BuildKind.MERGE:
             remove_stage(self.worker, self.request)  # the pull request is closed: merged
+            if any(state is BuildState.SUCCEEDED for state in states):
+                queue_refreshes(self.worker, self.request)
         return any(state is not BuildState.SUCCEEDED for state in states)
 
     # -- steps ---------------------------------------------------------------

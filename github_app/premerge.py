@@ -34,7 +34,7 @@ from github_app.reports import LOG_TAIL_BYTES, request_from_job
 from github_app.services import Service, parse_services
 from github_app.source import unpack_tarball
 from github_app.versions import Version, resolve_version
-from github_app.webhooks import BuildKind, BuildRequest
+from github_app.webhooks import REFRESH, BuildKind, BuildRequest
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,24 @@ class PreMergeRun:
         # so its mere presence approves nothing new.
         trusted = (trusted_head(request.head_owner, request.owner, self.config.allowed_owners)
                    or self.rebuild or approves_head(request))
+        refresh = request.action == REFRESH
         total = len(services)
         to_build: list[tuple[Service, Build, Version | None, Exception | None]] = []
         states = []
         for service in services:
-            build = existing.get(service.name) or self._create_build(
-                service.name, service.check_run_name(total))
-            if build.finished:
+            build = existing.get(service.name)
+            if build is not None and build.finished:
                 if not build.reported:
                     self.reporter.report_final(request, build, None)
                 continue
+            if refresh and build is None:
+                # A re-preview builds nothing and records only what changed: a push
+                # queued since will say it itself.
+                version, problem = self._version(service)
+                reused = self._built_head(service, None)
+                if superseded or reused is None or _same_preview(reused, version, problem):
+                    continue
+            build = build or self._create_build(service.name, service.check_run_name(total))
             if superseded:
                 states.append(self._finish_state(build, BuildState.CANCELLED, note=superseded))
                 continue
@@ -141,12 +149,12 @@ class PreMergeRun:
                                                     self.config.floating_tags)
         return version, None
 
-    def _built_head(self, service: Service, build: Build) -> Build | None:
+    def _built_head(self, service: Service, build: Build | None) -> Build | None:
         """An earlier build of this very head whose result a new version cannot change."""
         for earlier in reversed(self.store.find_builds_by_head_sha(self.request.repository,
                                                                    self.request.head_sha)):
-            if (earlier.id == build.id or not earlier.pre_merge or earlier.service != service.name
-                    or not earlier.finished):
+            if ((build is not None and earlier.id == build.id) or not earlier.pre_merge
+                    or earlier.service != service.name or not earlier.finished):
                 continue
             if earlier.staged_reference:
                 return earlier
@@ -365,6 +373,13 @@ class _SupersededWatcher:
                 self.cancel.set()
                 return
 
+
+def _same_preview(earlier: Build, version: Version | None,
+                  problem: Exception | None) -> bool:
+    """True when re-resolving the version would tell the reviewer nothing new."""
+    if problem is not None or version is None:
+        return False  # a problem now (say, the version was just taken) is news
+    return earlier.state is BuildState.SUCCEEDED and earlier.version == version.tag
 
 def _moment(timestamp: float | None) -> datetime:
     return datetime.fromtimestamp(timestamp or time.time(), UTC)

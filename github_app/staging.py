@@ -24,6 +24,7 @@ from github_app.errors import GitHubError
 from github_app.floating_tags import staging_tag, tags_to_move
 from github_app.records import Build
 from github_app.versions import Version
+from github_app.webhooks import REFRESH, BuildKind
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +136,25 @@ def move_floating_tags(config, service: str, version: Version, digest: str,
 def _registry(config) -> Registry:
     return Registry(config.registry, username=config.registry_username,
                     password=config.registry_password)
+
+
+def queue_refreshes(worker, request) -> list[int]:
+    """After a release, queue a re-preview of the repository's other open pull requests.
+
+    A `semver:*` bump over the highest release now lands elsewhere, and an explicit
+    version may now be taken: their checks must say what merging publishes now. The
+    re-preview builds nothing (see `premerge`); one per release and pull request."""
+    queued = []
+    for pending in worker.store.open_pull_requests(request.repository):
+        if pending.get("pr_number") == request.pr_number:
+            continue
+        delivery = f"{request.delivery_id}:{REFRESH}:{pending['pr_number']}"
+        result = worker.store.enqueue(
+            delivery, repository=request.repository, kind=BuildKind.PRE_MERGE.value,
+            request={**pending, "delivery_id": delivery, "action": REFRESH},
+        )
+        if result.created:
+            queued.append(result.job_id)
+    if queued:
+        worker.wakeup.set()
+    return queued

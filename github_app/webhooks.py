@@ -189,6 +189,9 @@ class BuildKind(enum.StrEnum):
 
 # Pull request actions that (re)build or re-preview the head before the merge.
 PRE_MERGE_ACTIONS = ("opened", "reopened", "synchronize", "edited", "labeled", "unlabeled")
+# Not GitHub's: the action of the pre-merge jobs Slipway queues itself after a release, so
+# that open pull requests' checks say what merging publishes now (a bump moved on).
+REFRESH = "refresh"
 # A label whose coming or going may change what the merge publishes.
 BUILD_LABEL = "slipway:build"
 _VERSION_LABEL_PREFIXES = ("version:", "semver:")

@@ -14,9 +14,9 @@ import threading
 import time
 
 import pytest
-import requests
 
 from builder.registry import Registry
+from github_app.buildlog import BuildLogFile
 from github_app.jobs import BuildState
 from tests.slipway_harness import TINY_DOCKERFILE, Harness
 
@@ -64,6 +64,12 @@ def deliver(harness, payload, event="pull_request"):
 
 def builds_of(harness, repo):
     return list(reversed(harness.store.recent_builds(repository=repo.full_name)))
+
+
+def build_log(harness, build) -> str:
+    """A build's log as the build page serves it (read from DATA_DIR: the repository is
+    private, so its page answers 404 to anyone not signed in)."""
+    return BuildLogFile(harness.config.data_dir, build.id).tail(1_000_000)
 
 
 def labels_of(registry, name, tag):
@@ -210,7 +216,7 @@ def test_merge_with_a_changed_tree_is_built(harness, registry):
     run = harness.fake.check_runs[merge_build.check_run_id]
     assert "Pushed" in run["output"]["title"]
     assert "Published from the pre-merge build" not in run["output"]["summary"]
-    log = requests.get(f"{harness.url}/builds/{merge_build.id}/log", timeout=10).text
+    log = build_log(harness, merge_build)
     assert "is not the staged head's" in log
     assert log.count("Using cache") >= 2  # COPY app.py and the RUN step, from the stage
     assert "pr-12" not in registry.tags(repo.name)
@@ -296,7 +302,6 @@ def test_rerun_of_a_check_before_the_merge_builds_the_head_again(harness, regist
     deliver(harness, repo.pull_request("opened", labels=["version:1.0.0"]))
     harness.run_worker()
     first = only(harness.final_check_runs(repo))
-    digest = registry.manifest_digest(repo.name, "pr-12")
 
     event = load_event("check_run", "rerequested")
     event["check_run"].update(id=first["id"], head_sha=repo.head_sha,
@@ -313,5 +318,34 @@ def test_rerun_of_a_check_before_the_merge_builds_the_head_again(harness, regist
     assert "built from head" in again["output"]["summary"]
     latest = builds_of(harness, repo)[-1]
     assert latest.pre_merge and latest.note is None  # built, not reused
-    assert registry.manifest_digest(repo.name, "pr-12") != digest
+    assert "Step 1/" in build_log(harness, latest)  # the engine built it again
+    assert labels_of(registry, repo.name, "pr-12")[REVISION] == repo.head_sha
+    assert registry.manifest_digest(repo.name, "pr-12") == latest.digest
     assert harness.statuses(repo) == []  # still no status before the merge
+
+
+def test_a_release_updates_the_preview_of_the_other_open_pull_requests(harness, registry):
+    """Two pull requests preview `semver:minor` over 1.3.2 as 1.4.0; once #12 publishes 1.4.0,
+    the check of #13 says 1.5.0 over 1.4.0, without building #13 again."""
+    repo = tiny_repo(harness)
+    harness.deliver("pull_request", repo.merged(labels=["version:1.3.2"], number=11))
+    harness.run_worker()
+    other = harness.fake.add_commit(repo.owner, repo.name, branch="feature-b",
+                                    files={"app.py": "print('b')\n"})
+    deliver(harness, repo.pull_request("opened", labels=["semver:minor"], number=12))
+    deliver(harness, repo.pull_request("opened", labels=["semver:minor"], number=13,
+                                       head_sha=other))
+    harness.run_worker()
+    before = only(harness.final_check_runs(repo, other))
+    assert before["output"]["summary"].startswith(f"Merging publishes `{repo.name}:1.4.0`")
+    digest = registry.manifest_digest(repo.name, "pr-13")
+
+    deliver(harness, repo.merged(labels=["semver:minor"], number=12))
+    harness.run_worker()
+
+    after = only(harness.final_check_runs(repo, other))
+    assert after["id"] == before["id"] and after["conclusion"] == "success"
+    assert after["output"]["summary"].startswith(
+        f"Merging publishes `{repo.name}:1.5.0` (`semver:minor` over 1.4.0).")
+    assert registry.manifest_digest(repo.name, "pr-13") == digest
+    assert labels_of(registry, repo.name, "1.4.0")[REVISION] == repo.merge_sha
