@@ -189,6 +189,28 @@ def test_build_page_shows_the_image_with_digest_and_how_to_pull_it(site):
     assert "<script" not in body
 
 
+def test_a_build_before_the_merge_shows_its_head_and_staging_tag(site):
+    """A pre-merge build names the head it built and where it is staged, not a merge commit;
+    a merge published from it says so."""
+    job = site.store.enqueue("delivery-pre", repository="octo-org/orders", kind="pre_merge",
+                             request={"pr_number": 7, "pr_title": "Release 1.4.0"})
+    pre = site.store.create_build(job.job_id, repository="octo-org/orders", service="orders",
+                                  pr_number=7, head_sha=HEAD_SHA, merge_sha="",
+                                  check_run_name="docker build", private=False)
+    staged = f"127.0.0.1:5000/orders:pr-7@{DIGEST}"
+    site.store.update_build(pre, state=BuildState.SUCCEEDED, staged_reference=staged,
+                            reference=staged, version="1.4.0", finished_at=site.store.clock())
+    text = text_of(site.client.get(f"/builds/{pre}"))
+    assert f"Built from {HEAD_SHA[:12]} pull request head, before the merge: staged as " \
+           "127.0.0.1:5000/orders:pr-7" in text
+    assert "merge commit" not in text
+
+    merged = site.build(published_from=staged)
+    text = text_of(site.client.get(f"/builds/{merged}"))
+    assert "published from the pre-merge build 127.0.0.1:5000/orders:pr-7 without building" \
+        in text
+
+
 def test_links_point_at_github_enterprise_when_the_api_is_there(data_dir):
     """With GITHUB_API_URL=https://HOST/api/v3, PR and commit links go to https://HOST."""
     config = Config(data_dir=data_dir, api_url="https://ghe.example.com/api/v3")
