@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,7 @@ from github_app.staging import (
     publish_staged,
     queue_refreshes,
     remove_stage,
+    staged_build,
 )
 from github_app.versions import Version, kept_version, rerun_version, resolve_version
 from github_app.webhooks import BuildKind, BuildRequest
@@ -120,14 +122,18 @@ class JobRun:
         if not builds:
             return False
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{self.job.id}-", dir=self._work_root()))
+        source = _Source(lambda: self._download(workdir))
         try:
             try:
-                root = self._download(workdir)
+                # A merge whose every service was staged before it may need no source at
+                # all (published without a build): then it is fetched only if a build needs it.
+                if not self._all_staged([service for service, _ in builds]):
+                    source.path()
             except SlipwayError as exc:
                 outcome = failure_outcome(exc)
                 return any([self._finish(b, outcome) is not BuildState.SUCCEEDED
                             for _, b in builds])
-            states = [self._finish(b, self._build_service(service, b, root))
+            states = [self._finish(b, self._build_service(service, b, source))
                       for service, b in builds]
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -259,7 +265,14 @@ class JobRun:
         """Write to the build's record under this run's claim (`LeaseLost` once it lapsed)."""
         return self.store.update_build(build_id, fence=self.fence, **fields)
 
-    def _build_service(self, service: Service, build: Build, root: Path) -> Outcome:
+    def _all_staged(self, services: list[Service]) -> bool:
+        """True for a merge whose head a pre-merge build staged, for every service."""
+        request = self.request
+        return request.kind == BuildKind.MERGE and all(
+            staged_build(self.store, request.repository, request.pr_number, request.head_sha,
+                         service.name) for service in services)
+
+    def _build_service(self, service: Service, build: Build, source: _Source) -> Outcome:
         config = self.config
         limit = service.time_limit(config.build_timeout, config.build_timeout_max)
         buildlog = self.store.build_log(
@@ -315,7 +328,7 @@ class JobRun:
                     service.name,
                     version.tag,
                     service.type,
-                    context=str(root / service.context),
+                    context=str(source.path() / service.context),
                     dockerfile=service.dockerfile,
                     registry=config.registry,
                     network=config.build_network,
@@ -484,6 +497,19 @@ class JobRun:
         root = Path(self.config.data_dir) / "work"
         root.mkdir(parents=True, exist_ok=True)
         return root
+
+
+class _Source:
+    """The merge's source tree, downloaded once, when a step first needs it."""
+
+    def __init__(self, fetch: Callable[[], Path]):
+        self._fetch = fetch
+        self._root: Path | None = None
+
+    def path(self) -> Path:
+        if self._root is None:
+            self._root = self._fetch()
+        return self._root
 
 
 def failure_outcome(exc: Exception, *, version: Version | None = None,

@@ -26,6 +26,7 @@ import builder
 from builder import registry as registry_api
 from github_app import previews, reporting
 from github_app.errors import GitHubError, ServiceConfigError, SlipwayError, VersionTaken
+from github_app.fencing import Fence
 from github_app.floating_tags import staging_tag, tags_to_move
 from github_app.forks import approves_head, trusted_head
 from github_app.jobrun import MAX_TARBALL_BYTES, REVISION_LABEL, SERVICES_FILE, failure_outcome
@@ -48,8 +49,11 @@ class PreMergeRun:
     """One pre-merge job: every service of the head, each with its check run."""
 
     def __init__(self, worker, job: Job, *, request: BuildRequest | None = None,
-                 rebuild: bool = False):
+                 rebuild: bool = False, fence: Fence | None = None,
+                 cancel: threading.Event | None = None):
         self.worker = worker
+        self.fence = fence  # every write holds only while this claim is the job's
+        self.lost = cancel  # set by the worker when the claim is lost
         self.config = worker.config
         self.store = worker.store
         self.reporter = worker.reporter
@@ -83,7 +87,7 @@ class PreMergeRun:
             build = existing.get(service.name)
             if build is not None and build.finished:
                 if not build.reported:
-                    self.reporter.report_final(request, build, None)
+                    self.reporter.report_final(request, build, None, fence=self.fence)
                 continue
             if refresh and build is None:
                 # A re-preview builds nothing and records only what changed: a push
@@ -165,10 +169,10 @@ class PreMergeRun:
     def _reuse(self, build: Build, earlier: Build, version: Version | None,
                problem: Exception | None) -> BuildState:
         """Only the version changed: the same check run says what merging now publishes."""
-        with self.store.build_log(build.id) as buildlog:
+        with self.store.build_log(build.id, fence=self.fence) as buildlog:
             buildlog.append(f"Slipway: head {build.head_sha} was built by build {earlier.id}; "
                             "only the version is resolved again, nothing is built")
-        self.store.update_build(build.id, check_run_id=earlier.check_run_id,
+        self._update(build.id, check_run_id=earlier.check_run_id,
                                 staged_reference=earlier.staged_reference,
                                 reference=earlier.staged_reference, digest=earlier.digest,
                                 note=f"reused:{earlier.id}", started_at=time.time())
@@ -183,7 +187,7 @@ class PreMergeRun:
     def _start(self, build: Build, service: Service) -> Build:
         # Started before: a crash may have come between GitHub's answer and the record.
         resumed = build.state is BuildState.RUNNING and build.check_run_id is None
-        build = self.store.update_build(build.id, state=BuildState.RUNNING,
+        build = self._update(build.id, state=BuildState.RUNNING,
                                         started_at=time.time())
         details = self.reporter.details_url(build.id)
         body = reporting.check_run_started(
@@ -199,7 +203,7 @@ class PreMergeRun:
             if build.check_run_id is None:
                 created = self.client.create_check_run(self.request.owner, self.request.repo,
                                                        body)
-                build = self.store.update_build(build.id, check_run_id=created["id"])
+                build = self._update(build.id, check_run_id=created["id"])
             else:  # claimed again after a crash: the same check run goes on
                 self.client.update_check_run(self.request.owner, self.request.repo,
                                              build.check_run_id,
@@ -212,7 +216,7 @@ class PreMergeRun:
     def _build_all(self, to_build) -> list[BuildState]:
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{self.job.id}-", dir=self._work_root()))
         cancel = threading.Event()
-        watcher = _SupersededWatcher(self.store, self.job.id, self.request, cancel)
+        watcher = _SupersededWatcher(self.store, self.job.id, self.request, cancel, self.lost)
         watcher.start()
         try:
             try:
@@ -235,8 +239,9 @@ class PreMergeRun:
         config = self.config
         tag = staging_tag(self.request.pr_number)
         limit = service.time_limit(config.build_timeout, config.build_timeout_max)
-        with self.store.build_log(build.id, secrets=(config.registry_password,
-                                                     config.webhook_secret)) as buildlog:
+        with self.store.build_log(build.id, fence=self.fence,
+                                  secrets=(config.registry_password,
+                                           config.webhook_secret)) as buildlog:
             buildlog.append(f"Slipway: building head {build.head_sha} of pull request "
                             f"#{self.request.pr_number}, staged as {service.name}:{tag}, "
                             f"time limit {limit.seconds} s")
@@ -255,14 +260,16 @@ class PreMergeRun:
                     memory=config.build_memory, timeout=limit.seconds, cancel=cancel,
                 )
             except builder.BuildCancelled:
+                if watcher.newer is None:
+                    raise  # the claim was lost: the worker stops here, nothing is reported
                 buildlog.append(f"Slipway: stopped: {watcher.newer} superseded this head")
-                return self._finish_state(build, BuildState.CANCELLED, note=watcher.newer or "")
+                return self._finish_state(build, BuildState.CANCELLED, note=watcher.newer)
             except (builder.BuilderError, SlipwayError) as exc:
                 buildlog.append(f"Slipway: {exc}")
                 return self._finish(build, failure_outcome(
                     exc, version=version, log_tail=buildlog.tail(LOG_TAIL_BYTES)))
             buildlog.append(f"Slipway: staged {result.reference}")
-        self.store.update_build(build.id, staged_reference=result.reference,
+        self._update(build.id, staged_reference=result.reference,
                                 reference=result.reference, digest=result.digest,
                                 image_id=result.image_id, size=result.size)
         return self._settle(build, version, problem, duration=time.monotonic() - started,
@@ -305,12 +312,16 @@ class PreMergeRun:
             fields["floating_tags"] = ",".join(floating)
         if note is not None:
             fields["note"] = note
-        build = self.store.update_build(build.id, **fields)
+        build = self._update(build.id, **fields)
         log.info("pre-merge build %s %s", build.id, state,
                  extra={"job_id": self.job.id, "build_id": build.id})
         self.reporter.report_final(self.request, build,
-                                   failure.log_tail if failure and log_tail is None else log_tail)
+                                   failure.log_tail if failure and log_tail is None else log_tail,
+                                   fence=self.fence)
         return state
+
+    def _update(self, build_id: int, **fields) -> Build:
+        return self.store.update_build(build_id, fence=self.fence, **fields)
 
     def _work_root(self) -> Path:
         root = Path(self.config.data_dir) / "work"
@@ -347,8 +358,10 @@ def rerun_request(store, request: BuildRequest) -> BuildRequest | None:
 class _SupersededWatcher:
     """Sets `cancel` when a newer push to the same pull request is queued."""
 
-    def __init__(self, store, job_id: int, request, cancel: threading.Event):
+    def __init__(self, store, job_id: int, request, cancel: threading.Event,
+                 lost: threading.Event | None = None):
         self.store, self.job_id, self.request, self.cancel = store, job_id, request, cancel
+        self.lost = lost  # the worker's: the claim is lost, stop too
         self.newer: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="superseded")
@@ -362,6 +375,9 @@ class _SupersededWatcher:
 
     def _run(self) -> None:
         while not self._done.wait(SUPERSEDED_POLL_SECONDS):
+            if self.lost is not None and self.lost.is_set():
+                self.cancel.set()
+                return
             try:
                 newer = self.store.newer_head(self.request.repository, self.request.pr_number,
                                               self.job_id, self.request.head_sha)

@@ -169,10 +169,11 @@ class Worker:
     def _run_job(self, job: Job, fence: Fence, cancel: threading.Event) -> bool:
         """The job's steps by its kind; True when any of its builds failed."""
         if job.kind == JobKind.PRE_MERGE:
-            return PreMergeRun(self, job).execute()
+            return PreMergeRun(self, job, fence=fence, cancel=cancel).execute()
         pre_merge = rerun_request(self.store, request_from_job(job))
         if pre_merge is not None:  # Re-run of a check before the merge: build the head again
-            return PreMergeRun(self, job, request=pre_merge, rebuild=True).execute()
+            return PreMergeRun(self, job, request=pre_merge, rebuild=True, fence=fence,
+                               cancel=cancel).execute()
         if job.kind == JobKind.CLOSED:
             remove_stage(self, request_from_job(job))
             return False

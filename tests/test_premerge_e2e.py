@@ -16,7 +16,6 @@ import time
 import pytest
 
 from builder.registry import Registry
-from github_app.buildlog import BuildLogFile
 from github_app.jobs import BuildState
 from tests.slipway_harness import TINY_DOCKERFILE, Harness
 
@@ -67,9 +66,9 @@ def builds_of(harness, repo):
 
 
 def build_log(harness, build) -> str:
-    """A build's log as the build page serves it (read from DATA_DIR: the repository is
+    """A build's log as the build page serves it (read from the store: the repository is
     private, so its page answers 404 to anyone not signed in)."""
-    return BuildLogFile(harness.config.data_dir, build.id).tail(1_000_000)
+    return harness.store.build_log(build.id).tail(1_000_000)
 
 
 def labels_of(registry, name, tag):
