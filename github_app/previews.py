@@ -102,7 +102,7 @@ def failed(*, failure: Failure, completed_at: datetime, details_url: str,
     if head_sha:
         lines.append(f"- **Head:** `{head_sha}`")
     lines.append(f"- **Full log:** {details_url}")
-    body = _completed("failure", f"Not ready to merge: {failure.what.replace('`', '')}",
+    body = _completed(failure.conclusion, f"Not ready to merge: {failure.what.replace('`', '')}",
                       lines, completed_at, details_url)
     if failure.log_tail.strip():
         body["output"]["text"] = log_block(failure.log_tail, OUTPUT_LIMIT)

@@ -77,3 +77,13 @@ def test_a_fork_is_not_built_and_told_how_a_maintainer_builds_it():
     assert body["conclusion"] == "neutral"
     assert "`slipway:build`" in body["output"]["summary"]
     assert "`stranger`'s fork" in body["output"]["summary"]
+
+
+def test_a_head_that_builds_past_its_time_limit_is_timed_out():
+    """Before the merge as after it: a build stopped at its limit concludes `timed_out`."""
+    from builder.errors import BuildTimedOut
+
+    failure = Failure.from_error(BuildTimedOut("The build ran past 900 s.", seconds=900))
+    body = valid(previews.failed(failure=failure, completed_at=NOW, details_url=DETAILS,
+                                 head_sha=HEAD))
+    assert body["conclusion"] == "timed_out"
