@@ -16,6 +16,7 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
     from github_app import credentials, health, owners, pages, setup, signin, views
     from github_app import metrics as metrics_module
     from github_app.config import Config
+    from github_app.disk import DiskGuard
     from github_app.jobs import JobStore
 
     if config is None:
@@ -36,7 +37,7 @@ def create_app(config=None, *, store=None, metrics=None, engine_ping=None) -> Fl
         store=store,
         metrics=metrics,
         engine_ping=engine_ping,
-        extras={"wakeup": threading.Event()},
+        extras={"wakeup": threading.Event(), "docker_root": DiskGuard(config).docker_root},
         owners=owners.owners_of(config, credentials.stored_owner(config)),
     )
     if not config.has_app_credentials:

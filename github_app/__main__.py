@@ -144,10 +144,15 @@ def _wait_until_listening(host: str, port: int, *, stop: threading.Event,
             stop.wait(0.2)
 
 
-def run_worker(config) -> int:
+def open_store(config):
+    """The job store of `config`, with its lease (LEASE_SECONDS)."""
     from github_app.jobs import JobStore
 
-    store = JobStore.from_config(config)
+    return JobStore.from_config(config)
+
+
+def run_worker(config) -> int:
+    store = open_store(config)
     # Other processes and machines may be building from the same store: take
     # over only jobs whose lease ran out, never ones that are still built.
     store.requeue_interrupted()
@@ -162,6 +167,7 @@ def run_worker(config) -> int:
     start_sweeper(config, store, stop=sweeping)
     log.info("worker started with %d threads", worker.threads)
     worker.run()
+    log.info("worker stopped")
     return 0
 
 
@@ -170,14 +176,11 @@ def run_serve(config, *, host: str) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
 
-    from github_app.jobs import JobStore
-
-    store = JobStore.from_config(config)
-    # With SQLite only this command's processes use the store, so every job
-    # still running was left by our previous life: requeue it, so that its
-    # check run ends `completed`. A shared store (DATABASE_URL) has other
-    # nodes' live jobs: only lapsed leases are taken there.
-    requeued = store.requeue_interrupted(force=not config.database_url)
+    store = open_store(config)
+    # A separate `worker` (or another node) may be building from this store
+    # right now: leases decide, so only jobs whose worker stopped renewing them
+    # go back, whichever store it is.
+    requeued = store.requeue_interrupted()
     if requeued:
         log.info("requeued %d interrupted job(s): %s", len(requeued), requeued)
     store.close()
@@ -197,6 +200,9 @@ def run_serve(config, *, host: str) -> int:
         workers=config.web_workers,
         blocking_threads=config.web_threads,
         respawn_failed_workers=True,
+        # On SIGTERM the web process that builds lets its builds finish for
+        # STOP_GRACE and hands the rest back; past that (and a margin), Granian kills.
+        workers_kill_timeout=config.stop_grace + 15,
         log_level="warning",
     ).serve()
     return 0
@@ -243,15 +249,23 @@ def start_worker_when_set_up(app) -> threading.Thread:
     stores them."""
     runtime = app.extensions["slipway"]
 
+    def stopping() -> bool:
+        # Granian's own handler takes SIGTERM in a web process and returns from
+        # the main thread; this thread, not a daemon, sees that and winds down.
+        return not threading.main_thread().is_alive()
+
     def run() -> None:
         while not runtime.config.app_id:
+            if stopping():
+                return
             time.sleep(1.0)
         worker = build_worker(runtime.config, runtime.store, metrics=runtime.metrics,
                               wakeup=runtime.extras["wakeup"])
         runtime.extras["worker"] = worker
-        worker.run()
+        worker.run(stop_when=stopping)
+        log.info("worker stopped")
 
-    thread = threading.Thread(target=run, name="slipway-worker", daemon=True)
+    thread = threading.Thread(target=run, name="slipway-worker")
     thread.start()
     return thread
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from github_app.config import format_size
-from github_app.errors import SlipwayError
+from github_app.errors import LowDiskSpace
 
 
 @dataclass(frozen=True)
@@ -27,20 +27,6 @@ class Space:
     what: str  # "DATA_DIR", "the Docker engine's data root"
     path: str
     free: int
-
-
-class LowDiskSpace(SlipwayError):
-    """A build does not start: some place it writes to has less than MIN_FREE_DISK free."""
-
-    def __init__(self, short: list[Space], needed: int):
-        parts = "; ".join(f"{format_size(s.free)} free in {s.path} ({s.what})" for s in short)
-        super().__init__(
-            f"Not enough free disk to build: {parts}, and a build needs "
-            f"{format_size(needed)} (MIN_FREE_DISK). Free some space (old images, build "
-            "logs), or lower MIN_FREE_DISK; then choose Re-run."
-        )
-        self.short = short
-        self.needed = needed
 
 
 def free_bytes(path: str | Path) -> int | None:
@@ -74,5 +60,36 @@ def check_free_disk(data_dir: str | Path, docker_root: str | None, minimum: int)
     spaces = free_spaces(data_dir, docker_root)
     short = shortfalls(spaces, minimum)
     if short:
-        raise LowDiskSpace(short, minimum)
+        parts = "; ".join(f"{format_size(s.free)} free in {s.path} ({s.what})" for s in short)
+        raise LowDiskSpace(
+            f"Not enough free disk to build: {parts}, and a build needs "
+            f"{format_size(minimum)} (MIN_FREE_DISK). Free some space on the build host (old "
+            "images, build logs), or lower MIN_FREE_DISK; then choose Re-run.",
+            free={s.path: s.free for s in short}, needed=minimum,
+        )
     return spaces
+
+
+class DiskGuard:
+    """The free-disk check a worker runs before each build; finds the engine's data root once."""
+
+    def __init__(self, config, docker_client=None):
+        self.config = config
+        self.docker_client = docker_client
+        self._root: str | None = None
+        self._looked = False
+
+    def docker_root(self) -> str | None:
+        if not self._looked:
+            from builder import BuilderError, engine
+
+            try:
+                with engine.opened(self.docker_client, settings=self.config.engine) as client:
+                    self._root = engine.data_root(client)
+                self._looked = True
+            except BuilderError:
+                return None  # no engine now: the build itself will say so
+        return self._root
+
+    def check(self) -> list[Space]:
+        return check_free_disk(self.config.data_dir, self.docker_root(), self.config.min_free_disk)

@@ -10,7 +10,8 @@
      ├── GitHubError          GitHub answered an error or could not be reached (`.status`)
      ├── SourceError          the repository's source archive could not be read or unpacked
      │    └── SourceRefused   the source holds what Slipway refuses to unpack (`.path`)
-     └── ImageNameTaken       the image name belongs to another repository (`.owner`)
+     ├── ImageNameTaken       the image name belongs to another repository (`.owner`)
+     └── LowDiskSpace         a build does not start: less than MIN_FREE_DISK free (`.free`)
 
 `blame` says whose move it is, as in builder.errors: `"repository"` (the user's
 repository must change: commit status `failure`) or `"infrastructure"` (the
@@ -139,3 +140,12 @@ class ImageNameTaken(SlipwayError):
         self.image = image
         self.owner = owner
         self.repository = repository
+
+
+class LowDiskSpace(SlipwayError):
+    """Where a build writes has less than MIN_FREE_DISK free; the build does not start."""
+
+    def __init__(self, message: str, *, free: dict[str, int], needed: int):
+        super().__init__(message)
+        self.free = free  # bytes free, by path
+        self.needed = needed

@@ -38,6 +38,7 @@ class FailureKind(enum.StrEnum):
     SOURCE_REFUSED = "source_refused"
     IMAGE_NAME_TAKEN = "image_name_taken"
     GITHUB = "github"
+    FREE_DISK = "free_disk"
     INTERNAL = "internal"
 
 
@@ -121,6 +122,11 @@ KINDS: dict[FailureKind, _KindInfo] = {
         "Nothing to change in the repository: check that the Docker engine runs and that "
         f"Slipway reaches it (`DOCKER_HOST`), {_RERUN}.",
     ),
+    FailureKind.FREE_DISK: _KindInfo(
+        "the free disk of the build host", Cause.INFRASTRUCTURE,
+        "Nothing to change in the repository: free disk space on the build host (or lower "
+        f"`MIN_FREE_DISK`), {_RERUN}.",
+    ),
     FailureKind.SOURCE: _KindInfo(
         "downloading the source", Cause.INFRASTRUCTURE,
         f"Slipway could not fetch or unpack the commit from GitHub; {_RERUN}.",
@@ -174,6 +180,7 @@ _SLIPWAY_KINDS = {
     errors.SourceError: FailureKind.SOURCE,
     errors.ImageNameTaken: FailureKind.IMAGE_NAME_TAKEN,
     errors.GitHubError: FailureKind.GITHUB,
+    errors.LowDiskSpace: FailureKind.FREE_DISK,
 }
 
 

@@ -36,7 +36,7 @@ from .records import BuildState
 from .store import StoreUnavailable
 from .webhooks import REFRESH, BuildKind
 
-DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
 
 
@@ -72,6 +72,7 @@ class Job:
     finished_at: float | None
     lease_until: float | None
     error: str | None
+    handed_back: int = 0  # attempts a stopping worker handed back (not crashes)
 
 
 class JobQueue:
@@ -225,23 +226,21 @@ class JobQueue:
             params += [attempt, JobState.RUNNING.value, self.clock()]
         return self._connection().execute(query, params).rowcount == 1
 
-    def requeue_interrupted(self, *, now: float | None = None, force: bool = False) -> list[int]:
-        """Put running jobs whose worker died back in the queue; return their ids.
+    def requeue_interrupted(self, *, now: float | None = None) -> list[int]:
+        """Put running jobs whose lease ran out back in the queue; return their ids.
 
-        A job is taken when its lease has run out, or, with ``force``, in any
-        case: ``serve`` passes force at start-up because, being the only
-        process, every running job it finds was left by its previous life.
+        Leases decide, never who is asking: a process that starts does not know
+        whether a running job is its previous life's or a live worker's, so it
+        takes only jobs whose worker stopped renewing the lease (LEASE_SECONDS).
         A job already tried ``max_attempts`` times fails instead, and its
         unfinished builds end ERRORED and unreported, so the report retry
         completes their check runs.
         """
         now = self.clock() if now is None else now
         with self._write() as connection:
-            query = "SELECT id, attempts FROM jobs WHERE state = ?"
-            params: list[Any] = [JobState.RUNNING.value]
-            if not force:
-                query += " AND (lease_until IS NULL OR lease_until < ?)"
-                params.append(now)
+            query = ("SELECT id, attempts, handed_back FROM jobs WHERE state = ?"
+                     " AND (lease_until IS NULL OR lease_until < ?)")
+            params: list[Any] = [JobState.RUNNING.value, now]
             if self.dialect == "postgresql":
                 # Nodes sweep at the same time: each takes the rows no other holds.
                 query += " ORDER BY id FOR UPDATE SKIP LOCKED"
@@ -249,7 +248,8 @@ class JobQueue:
                 query += " ORDER BY id"
             requeued = []
             for row in connection.execute(query, params).fetchall():
-                if row["attempts"] < self.max_attempts:
+                # Attempts handed back by a stopping worker (SIGTERM) were not crashes.
+                if row["attempts"] - row["handed_back"] < self.max_attempts:
                     # Only the attempt that was seen lapsing: never a new claim.
                     connection.execute(
                         "UPDATE jobs SET state = ?, worker_id = NULL, lease_until = NULL"
@@ -259,12 +259,29 @@ class JobQueue:
                     )
                     requeued.append(row["id"])
                 else:
-                    self._give_up(connection, row["id"], row["attempts"], now)
+                    self._give_up(connection, row["id"], row["attempts"], now,
+                                  interrupted=row["attempts"] - row["handed_back"])
         return requeued
 
-    def _give_up(self, connection, job_id: int, attempts: int, now: float):
+    def hand_back(self, job_id: int, *, worker_id: str) -> bool:
+        """Put a job this worker holds back in the queue at once, not counted as a crash.
+
+        For a worker that stops (SIGTERM) before the job finished: the next
+        worker claims it without waiting for the lease to lapse. The attempt
+        number goes on (it fences the old claim's writes); `handed_back` keeps
+        the count of interrupted attempts honest."""
+        return self._connection().execute(
+            "UPDATE jobs SET state = ?, worker_id = NULL, lease_until = NULL,"
+            " handed_back = handed_back + 1"
+            " WHERE id = ? AND worker_id = ? AND state = ?",
+            (JobState.QUEUED.value, job_id, worker_id, JobState.RUNNING.value),
+        ).rowcount == 1
+
+    def _give_up(self, connection, job_id: int, attempts: int, now: float, *,
+                 interrupted: int | None = None):
+        count = attempts if interrupted is None else interrupted
         error = (
-            f"The job was interrupted {attempts} times (the worker stopped before it finished)"
+            f"The job was interrupted {count} times (the worker stopped before it finished)"
             " and will not be tried again; use Re-run on the check run to build again"
         )
         connection.execute(
@@ -358,4 +375,5 @@ def _job(row) -> Job:
         finished_at=row["finished_at"],
         lease_until=row["lease_until"],
         error=row["error"],
+        handed_back=row["handed_back"],
     )

@@ -33,6 +33,7 @@ from github_app import reporting
 from github_app.errors import (
     REPOSITORY,
     GitHubError,
+    LowDiskSpace,
     ServiceConfigError,
     SlipwayError,
     VersionTaken,
@@ -121,6 +122,12 @@ class JobRun:
             builds.append((service, self._start(build)))
         if not builds:
             return False
+        try:
+            self.worker.disk.check()
+        except LowDiskSpace as exc:  # status `error`: the host, not the repository
+            outcome = failure_outcome(exc)
+            return any([self._finish(b, outcome) is not BuildState.SUCCEEDED
+                        for _, b in builds])
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{self.job.id}-", dir=self._work_root()))
         source = _Source(lambda: self._download(workdir))
         try:

@@ -7,6 +7,8 @@
     redeliveries.py  the redelivery sweep: requests asked for, its lease
     logchunks.py  build logs, in chunks
     fencing.py    a claim's writes are taken only while the claim holds the job
+    liveness.py   worker heartbeats (/healthz)
+    pruning.py    what retention removes (PruneRecords)
 
 Callers use `JobStore` and the names re-exported here; the parts stay small.
 """
@@ -28,7 +30,9 @@ from .jobqueue import (
     JobQueue,
     JobState,
 )
+from .liveness import WorkerHeartbeats
 from .logchunks import LogChunks, StoredBuildLog
+from .pruning import PruneRecords
 from .records import FINISHED_BUILD_STATES, Build, BuildRecords, BuildState, UnknownBuild
 from .redeliveries import Redeliveries
 from .store import DATABASE_NAME, SCHEMA_VERSION, Store, StoreError, StoreUnavailable
@@ -55,7 +59,8 @@ __all__ = [
 ]
 
 
-class JobStore(JobQueue, BuildRecords, Redeliveries, LogChunks, Store):
+class JobStore(JobQueue, BuildRecords, Redeliveries, LogChunks, WorkerHeartbeats,
+               PruneRecords, Store):
     """Jobs and builds in one store, shared by threads and processes."""
 
     def __init__(

@@ -129,6 +129,28 @@ class Metrics:
             ["stage"],
             registry=self.registry,
         )
+        self.pruned_items = Counter(
+            "slipway_pruned",
+            "Things pruning removed, by what (builds, logs, jobs, images, work_folders).",
+            ["what"],
+            registry=self.registry,
+        )
+        self.pruned_bytes = Counter(
+            "slipway_pruned_bytes",
+            "Bytes pruning freed, by what (logs, images).",
+            ["what"],
+            registry=self.registry,
+        )
+        self.reports_abandoned = Counter(
+            "slipway_reports_abandoned",
+            "Finished builds whose report GitHub never took, given up after REPORT_GIVE_UP.",
+            registry=self.registry,
+        )
+        self.worker_threads_replaced = Counter(
+            "slipway_worker_threads_replaced",
+            "Worker threads that died and were started again.",
+            registry=self.registry,
+        )
         self.registry.register(_QueueDepthCollector(self))
         self.registry.register(_LastSweepCollector(self))
         self._webhook_children: dict[tuple[str, str], Any] = {}
@@ -151,6 +173,12 @@ class Metrics:
         self.builds.labels(conclusion=str(conclusion)).inc()
         if duration_seconds is not None:
             self.build_duration.observe(duration_seconds)
+
+    def pruned(self, what: str, count: int, size: int = 0) -> None:
+        """Count what one pruning pass removed (and the bytes it freed)."""
+        self.pruned_items.labels(what=what).inc(count)
+        if size:
+            self.pruned_bytes.labels(what=what).inc(size)
 
     def github_api_call(self, status: int | str | None) -> None:
         """Count one GitHub API call by its HTTP status; None means no answer came."""

@@ -68,6 +68,7 @@ class Build:
     note: str | None = None  # cancelled: the superseding commit; skipped: the fork's owner
     artifact: str | None = None  # JSON: what a `type: ami` build registered (machine_image)
     private: bool | None = None  # the repository's; None (unknown) is treated as private
+    report_abandoned_at: float | None = None  # the report retry gave up (reports.py)
 
     @property
     def public(self) -> bool:
@@ -116,6 +117,7 @@ _BUILD_UPDATABLE: dict[str, Callable[[Any], Any]] = {
     "version_reason": str,
     "note": str,
     "artifact": str,
+    "report_abandoned_at": float,
 }
 FAILURE_CAUSES = ("repository", "infrastructure")
 
@@ -269,7 +271,7 @@ class BuildRecords:
     def unreported_builds(self) -> list[Build]:
         """Finished builds whose final report did not reach GitHub, oldest first."""
         return self._builds(
-            f"SELECT * FROM builds WHERE reported = 0"
+            f"SELECT * FROM builds WHERE reported = 0 AND report_abandoned_at IS NULL"
             f" AND state IN ({_marks(FINISHED_BUILD_STATES)}) ORDER BY id",
             tuple(s.value for s in FINISHED_BUILD_STATES),
         )

@@ -8,6 +8,7 @@ take. The bodies come from `reporting.final_report`, from the record alone.
 from __future__ import annotations
 
 import logging
+import time
 
 from github_app import previews, reporting
 from github_app.errors import GitHubError
@@ -17,28 +18,59 @@ from github_app.webhooks import BuildKind, BuildRequest
 log = logging.getLogger(__name__)
 
 LOG_TAIL_BYTES = 60_000
+# A build whose report GitHub has not taken for this long is given up: its page
+# and badge show the result, and retrying forever would only grow the queue.
+REPORT_GIVE_UP_SECONDS = 24 * 3600.0
+# One retry pass stops after this long, so that a GitHub outage with many
+# pending reports never holds up a worker's start or its other maintenance.
+REPORT_PASS_SECONDS = 60.0
 
 
 class Reporter:
     """Completes check runs and sets commit statuses from build records."""
 
-    def __init__(self, config, store: JobStore, github):
+    def __init__(self, config, store: JobStore, github, *, metrics=None):
         self.config = config
         self.store = store
         self.github = github
+        self.metrics = metrics
 
     def details_url(self, build_id: int) -> str:
         return f"{self.config.public_url}/builds/{build_id}"
 
-    def report_pending(self) -> None:
-        """Report finished builds whose check run or status GitHub did not accept yet."""
-        for build in self.store.unreported_builds():
+    def report_pending(self, *, budget: float = REPORT_PASS_SECONDS) -> int:
+        """Report finished builds whose check run or status GitHub did not accept yet.
+
+        Stops after `budget` seconds (the next pass goes on); a build unreported
+        for REPORT_GIVE_UP_SECONDS is given up, with a log line and a metric.
+        Returns how many builds are still pending."""
+        deadline = time.monotonic() + budget
+        now = self.store.clock()
+        pending = self.store.unreported_builds()
+        for index, build in enumerate(pending):
+            if now - (build.finished_at or build.created_at) > REPORT_GIVE_UP_SECONDS:
+                self._give_up(build, now)
+                continue
+            if time.monotonic() > deadline:
+                log.warning("report retry paused after %.0f s with %d build(s) left; the next "
+                            "pass goes on", budget, len(pending) - index)
+                return len(pending) - index
             job = self.store.get_job(build.job_id)
             # A running job reports its own builds (under its claim); this is
             # for the ones whose worker could not.
             if job is None or job.state is JobState.RUNNING:
                 continue
             self.report_final(request_from_job(job), build, None)
+        return 0
+
+    def _give_up(self, build: Build, now: float) -> None:
+        self.store.update_build(build.id, report_abandoned_at=now)
+        hours = REPORT_GIVE_UP_SECONDS / 3600
+        log.error("gave up reporting build %s to GitHub: its check run and status were not "
+                  "accepted in %.0f h; the build page and badge show its result", build.id,
+                  hours, extra={"build_id": build.id})
+        if self.metrics is not None:
+            self.metrics.reports_abandoned.inc()
 
     def report_final(self, request: BuildRequest, build: Build, log_tail: str | None, *,
                      fence: Fence | None = None) -> bool:

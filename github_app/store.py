@@ -168,10 +168,23 @@ CREATE TABLE settings (
 )
 """
 
+# v9: worker heartbeats (liveness.py), read by /healthz from any process; the
+# attempts a stopping worker handed back (not crashes: jobqueue.hand_back); and
+# when the report retry gave a build up (reports.py), so it stops retrying it.
+# The same statements on both backends.
+_SCHEMA_V9 = """
+CREATE TABLE workers (
+    name         TEXT PRIMARY KEY,
+    heartbeat_at DOUBLE PRECISION NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN handed_back INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE builds ADD COLUMN report_abandoned_at DOUBLE PRECISION
+"""
+
 # Migrations from version N to N+1, run in order inside one write transaction.
 MIGRATIONS: dict[int, str] = {
     0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5, 5: _SCHEMA_V6,
-    6: _SCHEMA_V7, 7: _SQLITE_V8,
+    6: _SCHEMA_V7, 7: _SQLITE_V8, 8: _SCHEMA_V9,
 }
 SCHEMA_VERSION = max(MIGRATIONS) + 1
 
@@ -278,7 +291,7 @@ INSERT INTO sweeps (name) VALUES ('redeliver') ON CONFLICT (name) DO NOTHING
 
 # The same versions on PostgreSQL (DATABASE_URL): one numbered step each.
 POSTGRES_MIGRATIONS: dict[int, str] = {
-    0: _POSTGRES_V8, 1: "", 2: "", 3: "", 4: "", 5: "", 6: "", 7: "",
+    0: _POSTGRES_V8, 1: "", 2: "", 3: "", 4: "", 5: "", 6: "", 7: "", 8: _SCHEMA_V9,
 }
 
 

@@ -5,6 +5,12 @@ builds. A job interrupted by a crash goes back to the queue when its lease
 runs out (any node's maintenance puts it back), and the report retry
 (`reports`) completes what GitHub missed.
 
+`run()` supervises: it shows the worker's heartbeat in the store (for
+/healthz), replaces a thread that died, and on `stop()` (SIGTERM) takes no
+new job, lets running builds finish for STOP_GRACE seconds and hands the rest
+back to the queue, not counted as a crash. Beside it run the maintenance
+thread (leases that lapsed, the report retry) and the pruning schedule.
+
 Fencing: the claim's `Fence` goes with every write of the job. When the
 store refuses the heartbeat, or no heartbeat reached it for a whole lease
 (the worker was paused or cut off), the job is no longer this worker's: its
@@ -24,6 +30,7 @@ from collections.abc import Callable
 
 import builder
 from github_app import logs, reporting
+from github_app.disk import DiskGuard
 from github_app.jobrun import JobRun
 from github_app.jobs import (
     BuildState,
@@ -36,6 +43,7 @@ from github_app.jobs import (
     StoreUnavailable,
 )
 from github_app.premerge import PreMergeRun, rerun_request
+from github_app.pruning import Pruner, PruneSchedule
 from github_app.reports import Reporter, request_from_job
 from github_app.staging import remove_stage
 
@@ -45,6 +53,9 @@ HEARTBEAT_SECONDS = 30.0
 MAINTENANCE_SECONDS = 60.0
 # How long a worker waits when the store does not answer before it tries again.
 STORE_RETRY_SECONDS = 2.0
+# How often the worker shows it is alive; /healthz presumes it gone after 60 s.
+WORKER_BEAT_SECONDS = 10.0
+SUPERVISE_SECONDS = 1.0
 
 
 class Worker:
@@ -70,7 +81,9 @@ class Worker:
         self.threads = threads or config.worker_threads
         self.docker_client = docker_client
         self.build_artifact = build
-        self.reporter = Reporter(config, store, github)
+        self.reporter = Reporter(config, store, github, metrics=metrics)
+        self.disk = DiskGuard(config, docker_client)
+        self.pruner = Pruner(config, store, metrics=metrics, docker_client=docker_client)
         self._stop = threading.Event()
         # Host and process id: an operator finds the worker that holds a job.
         self._name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
@@ -79,31 +92,128 @@ class Worker:
         # that a job of a dead worker waits about one lease, not minutes.
         self.heartbeat_seconds = min(HEARTBEAT_SECONDS, lease / 3)
         self.maintenance_seconds = min(MAINTENANCE_SECONDS, lease / 2)
+        self._held: dict[str, int] = {}  # worker thread id -> the job it runs
+        self._died: set[int] = set()
+        self._guard = threading.Lock()
 
     # -- running -------------------------------------------------------------
 
-    def run(self, *, burst: bool = False) -> None:
-        """Work until `stop()`; with `burst`, until no job is left, then return."""
-        self.report_pending()
-        workers = [
-            threading.Thread(target=self._loop, args=(i, burst), name=f"worker-{i}", daemon=True)
-            for i in range(self.threads)
-        ]
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join()
+    def run(self, *, burst: bool = False, stop_when: Callable[[], bool] | None = None) -> None:
+        """Work until `stop()` (or `stop_when()` turns true); with `burst`, until no job is
+        left, then return. Either way no job this worker holds stays claimed."""
+        self._beat()
+        try:
+            self.report_pending()
+        except Exception:  # the store or GitHub is down now: the maintenance retries
+            log.exception("could not retry pending reports at start")
+        background = []
+        if not burst:
+            try:
+                removed = self.pruner.remove_work_folders()
+            except Exception:
+                log.exception("could not remove the work folders a crash left")
+                removed = 0
+            if removed:
+                log.info("removed %d work folder(s) left by a crash", removed)
+            background = [PruneSchedule(self.pruner),
+                          _Every(self._maintain, self.maintenance_seconds)]
+            for task in background:
+                task.start()
+        threads = {i: self._start_thread(i, burst) for i in range(self.threads)}
+        last_beat = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if stop_when is not None and stop_when():
+                    self.stop()
+                    break
+                self._replace_dead(threads, burst)
+                if burst and not any(t.is_alive() for t in threads.values()):
+                    return
+                if time.monotonic() - last_beat >= WORKER_BEAT_SECONDS:
+                    last_beat = time.monotonic()
+                    self._beat()
+                self._stop.wait(0.05 if burst else SUPERVISE_SECONDS)
+            self._wind_down(threads)
+        finally:
+            for task in background:
+                task.stop()
 
     def stop(self) -> None:
+        """Claim no more jobs; `run` then winds down (STOP_GRACE, then hand back)."""
         self._stop.set()
         self.wakeup.set()
 
     def report_pending(self) -> None:
         self.reporter.report_pending()
 
+    def _maintain(self) -> None:
+        """Requeue jobs whose worker died (lease lapsed); retry reports GitHub missed."""
+        # A worker that died holds its job until the lease runs out; then it
+        # goes back to the queue instead of blocking its repository for good.
+        try:
+            requeued = self.store.requeue_interrupted()
+            if requeued:
+                log.info("requeued job(s) whose lease lapsed: %s", requeued)
+            self.report_pending()
+        except StoreUnavailable as exc:
+            log.warning("maintenance skipped: %s", exc)
+
+    def _beat(self) -> None:
+        try:
+            self.store.beat(self._name)
+        except Exception:  # the store is down: /healthz says so through its own check
+            log.warning("could not record the worker's heartbeat", exc_info=True)
+
+    def _start_thread(self, index: int, burst: bool) -> threading.Thread:
+        thread = threading.Thread(target=self._thread_main, args=(index, burst),
+                                  name=f"worker-{index}", daemon=True)
+        thread.start()
+        return thread
+
+    def _thread_main(self, index: int, burst: bool) -> None:
+        try:
+            self._loop(index, burst)
+        except BaseException:
+            log.exception("worker thread %d died; starting another", index)
+            with self._guard:
+                self._died.add(index)
+
+    def _replace_dead(self, threads: dict[int, threading.Thread], burst: bool) -> None:
+        for index, thread in list(threads.items()):
+            with self._guard:
+                died = index in self._died and not thread.is_alive()
+                if died:
+                    self._died.discard(index)
+            if died:
+                threads[index] = self._start_thread(index, burst)
+                log.warning("worker thread %d started again", index)
+                if self.metrics is not None:
+                    self.metrics.worker_threads_replaced.inc()
+
+    def _wind_down(self, threads: dict[int, threading.Thread]) -> None:
+        """Let running builds finish for STOP_GRACE seconds; hand back the rest at once."""
+        grace = self.config.stop_grace
+        with self._guard:
+            running = dict(self._held)
+        if running:
+            log.info("stopping: %d build job(s) running; waiting up to %d s (STOP_GRACE)",
+                     len(running), grace)
+        deadline = time.monotonic() + grace
+        for thread in threads.values():
+            thread.join(max(deadline - time.monotonic(), 0))
+        with self._guard:
+            left = dict(self._held)
+        for worker_id, job_id in left.items():
+            try:
+                if self.store.hand_back(job_id, worker_id=worker_id):
+                    log.warning("job %s still building after STOP_GRACE (%d s): handed back "
+                                "to the queue", job_id, grace, extra={"job_id": job_id})
+            except StoreUnavailable as exc:  # its lease lapses instead
+                log.warning("could not hand job %s back: %s", job_id, exc)
+        self._beat()
+
     def _loop(self, index: int, burst: bool) -> None:
         worker_id = f"{self._name}-{index}"
-        last_report_retry = time.monotonic()
         while not self._stop.is_set():
             try:
                 job = self.store.claim(worker_id)
@@ -112,7 +222,13 @@ class Worker:
                 self._stop.wait(STORE_RETRY_SECONDS)
                 continue
             if job is not None:
-                self.process(job, worker_id)
+                with self._guard:
+                    self._held[worker_id] = job.id
+                try:
+                    self.process(job, worker_id)
+                finally:
+                    with self._guard:
+                        self._held.pop(worker_id, None)
                 continue
             if burst:
                 if self.store.queue_depth() == 0:
@@ -121,18 +237,6 @@ class Worker:
                 continue
             self.wakeup.wait(timeout=1.0)
             self.wakeup.clear()
-            if index == 0 and time.monotonic() - last_report_retry > self.maintenance_seconds:
-                last_report_retry = time.monotonic()
-                # A worker process that died holds its job until the lease runs
-                # out; then it goes back to the queue instead of blocking its
-                # repository for good.
-                try:
-                    requeued = self.store.requeue_interrupted()
-                    if requeued:
-                        log.info("requeued job(s) whose lease lapsed: %s", requeued)
-                    self.report_pending()
-                except StoreUnavailable as exc:
-                    log.warning("maintenance skipped: %s", exc)
 
     def process(self, job: Job, worker_id: str) -> None:
         """Run one claimed job; every service's check run ends `completed`."""
@@ -251,3 +355,26 @@ class _Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class _Every:
+    """Runs `task` every `seconds` on a thread of its own until stopped; a failure is logged."""
+
+    def __init__(self, task: Callable[[], None], seconds: float):
+        self.task, self.seconds = task, seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slipway-maintenance",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            try:
+                self.task()
+            except Exception:
+                log.exception("worker maintenance failed; trying again in %.0f s", self.seconds)

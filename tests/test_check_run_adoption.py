@@ -21,6 +21,8 @@ import pytest
 from github_app.jobs import BuildState
 from tests.slipway_harness import SECRET, TINY_DOCKERFILE, Harness
 
+LEASE_LAPSED = 61  # seconds past LEASE_SECONDS' default: the dead worker's lease is over
+
 pytestmark = pytest.mark.docker
 
 APP = b"print('hello from the service')\n"
@@ -87,8 +89,8 @@ def test_killed_while_github_creates_the_check_run_the_next_worker_adopts_it(
         wait_for(lambda: harness.final_check_runs(repo), "GitHub to create the check run")
         assert harness.final_check_runs(repo)[0]["status"] == "in_progress"
 
-        # What `serve` does at start-up: the previous life's running jobs go back in the queue.
-        assert harness.store.requeue_interrupted(force=True)
+        # Once the dead worker's lease lapses, its job goes back in the queue.
+        assert harness.store.requeue_interrupted(now=time.time() + LEASE_LAPSED)
         harness.run_worker()
         runs = harness.final_check_runs(repo)
         assert len(runs) == 1, [(r["id"], r["status"]) for r in runs]
@@ -125,7 +127,7 @@ def test_a_resumed_job_that_cannot_read_its_services_ends_the_check_run_it_opene
 
         # GitHub fails every read of .github/slipway.yml the resumed job makes.
         fake_github.fail_next("GET", r"/contents/", 502, times=50)
-        assert harness.store.requeue_interrupted(force=True)
+        assert harness.store.requeue_interrupted(now=time.time() + LEASE_LAPSED)
         harness.run_worker()
         runs = harness.final_check_runs(repo)
         assert len(runs) == 1, [(r["id"], r["status"], r["name"]) for r in runs]

@@ -309,8 +309,9 @@ def test_killed_during_a_build_the_check_run_completes_after_restart(
         assert harness.store.job_counts()[JobState.RUNNING] == 1, stderr[-3000:]
         assert only(harness.final_check_runs(repo))["status"] == "in_progress"
 
-        # What `serve` does at start-up: the previous life's running jobs go back in the queue.
-        assert harness.store.requeue_interrupted(force=True)
+        # Once its lease lapses (LEASE_SECONDS), any worker takes the job again.
+        assert harness.store.requeue_interrupted() == [], "the lease is still live"
+        assert harness.store.requeue_interrupted(now=time.time() + 61)
         harness.run_worker()
         run = only(harness.final_check_runs(repo))
         assert run["status"] == "completed" and run["conclusion"] == "success"
@@ -373,8 +374,10 @@ def test_serve_killed_during_a_build_completes_the_check_run_after_restart(
         )
         repo = harness.repository({"Dockerfile": slow, "app.py": APP})
         port = _free_port()
+        # A short lease: the restarted serve takes the killed one's job once it lapses.
         env = slipway_env(fake_github, registry, data_dir / "serve", tmp_path / "app.pem",
-                          PUBLIC_URL=f"http://127.0.0.1:{port}", PORT=str(port), WEB_WORKERS="1")
+                          PUBLIC_URL=f"http://127.0.0.1:{port}", PORT=str(port), WEB_WORKERS="1",
+                          LEASE_SECONDS="5")
         url = f"http://127.0.0.1:{port}"
         serve = _start_serve(env, url)
         try:

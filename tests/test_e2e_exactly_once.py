@@ -109,8 +109,8 @@ def test_killed_after_the_push_the_resumed_job_reports_that_image_and_pushes_not
         assert lost.state is BuildState.RUNNING and lost.digest is None, stderr[-3000:]
         assert harness.store.job_counts()[JobState.RUNNING] == 1
 
-        # What `serve` does at start-up; then the job runs again.
-        assert harness.store.requeue_interrupted(force=True)
+        # Once the killed worker's lease lapses (LEASE_SECONDS) the job runs again.
+        assert harness.store.requeue_interrupted(now=time.time() + 61)
         harness.run_worker()
 
         assert releases(registry, repo) == ["0.0.1"]  # no second version

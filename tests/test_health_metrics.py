@@ -10,6 +10,7 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from github_app import health, metrics
+from github_app.config import Config
 from github_app.jobs import JobStore
 from github_app.metrics import Metrics
 from github_app.runtime import Runtime
@@ -17,11 +18,13 @@ from github_app.runtime import Runtime
 pytestmark = pytest.mark.docker
 
 
-def make_app(store, *, engine_ping, metrics_=None) -> Flask:
+def make_app(store, *, engine_ping, metrics_=None, config=None, docker_root=None) -> Flask:
     """A Flask app with the health and metrics blueprints over this runtime."""
     app = Flask(__name__)
     app.extensions["slipway"] = Runtime(
-        config=None, store=store, metrics=metrics_ or Metrics(), engine_ping=engine_ping
+        config=config or Config(data_dir=store.path.parent), store=store,
+        metrics=metrics_ or Metrics(), engine_ping=engine_ping,
+        extras={"docker_root": (lambda: docker_root) if docker_root else None},
     )
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
@@ -48,7 +51,8 @@ def test_healthz_is_200_when_store_and_engine_answer(store, docker_client):
     """With a working store and the real engine, /healthz answers 200 and says ok for each."""
     response = make_app(store, engine_ping=docker_client.ping).test_client().get("/healthz")
     assert response.status_code == 200
-    assert response.json == {"status": "ok", "checks": {"store": "ok", "docker": "ok"}}
+    assert response.json["status"] == "ok"
+    assert response.json["checks"] == {"store": "ok", "docker": "ok", "worker": "ok", "disk": "ok"}
     assert response.headers["Cache-Control"] == "no-store"
 
 
@@ -177,7 +181,8 @@ def test_the_real_app_reports_health_and_metrics(data_dir, monkeypatch):
     client = app.test_client()
     response = client.get("/healthz")
     assert response.status_code == 200, response.json
-    assert response.json == {"status": "ok", "checks": {"store": "ok", "docker": "ok"}}
+    assert response.json["status"] == "ok"
+    assert response.json["checks"] == {"store": "ok", "docker": "ok", "worker": "ok", "disk": "ok"}
 
     app.extensions["slipway"].store.enqueue("d-1", repository="o/r", kind="merge", request={})
     assert scrape(client)["slipway_queue_depth"][()] == 1
@@ -189,3 +194,57 @@ def test_the_real_app_reports_health_and_metrics(data_dir, monkeypatch):
     assert response.status_code == 503
     assert response.json["checks"]["store"] == "ok"
     assert response.json["checks"]["docker"].startswith("error: ")
+
+
+def test_healthz_is_503_naming_the_worker_when_jobs_wait_and_no_worker_beats(data_dir,
+                                                                             docker_client):
+    """Jobs waiting with no worker heartbeat in 60 s: 503, and the body says which part and why."""
+    clock = [1_000_000.0]
+    with JobStore.from_data_dir(data_dir, clock=lambda: clock[0]) as store:
+        client = make_app(store, engine_ping=docker_client.ping).test_client()
+        store.enqueue("d-1", repository="octo/orders", kind="merge", request={})
+        response = client.get("/healthz")
+        assert response.status_code == 503
+        assert response.json["checks"]["worker"] == (
+            "error: 1 job(s) wait and no worker has shown a heartbeat ever: start "
+            "`python -m github_app worker`, or give serve WORKER_THREADS above 0")
+        assert response.json["checks"]["store"] == "ok"
+        assert response.json["worker_heartbeat_age"] is None
+
+
+def test_healthz_reports_the_heartbeat_age_and_503s_once_it_passes_60_s(store, docker_client):
+    """A separate worker's heartbeat in the store keeps /healthz green; 60 s of silence does not."""
+    import time
+
+    client = make_app(store, engine_ping=docker_client.ping).test_client()
+    store.enqueue("d-1", repository="octo/orders", kind="merge", request={})
+    store.beat("build-host-1")
+    response = client.get("/healthz")
+    assert response.status_code == 200, response.json
+    assert 0 <= response.json["worker_heartbeat_age"] < 5
+
+    store._connection().execute("UPDATE workers SET heartbeat_at = ?", (time.time() - 75,))
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json["checks"]["worker"].startswith(
+        "error: 1 job(s) wait and no worker has shown a heartbeat for 75 s")
+
+
+def test_healthz_without_waiting_jobs_needs_no_worker(store, docker_client):
+    """No job waits: a missing worker is not a failure (serve may run web-only)."""
+    response = make_app(store, engine_ping=docker_client.ping).test_client().get("/healthz")
+    assert response.status_code == 200 and response.json["checks"]["worker"] == "ok"
+
+
+def test_healthz_is_503_naming_the_disk_below_min_free_disk(store, docker_client):
+    """Less free disk than MIN_FREE_DISK in DATA_DIR or the engine's data root: 503 naming it."""
+    config = Config(data_dir=store.path.parent, min_free_disk=1024**5)  # 1 PiB
+    client = make_app(store, engine_ping=docker_client.ping, config=config,
+                      docker_root="/var/lib/docker").test_client()
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    disk = response.json["checks"]["disk"]
+    assert disk.startswith("error: ") and "below MIN_FREE_DISK (1024.0 TiB)" in disk
+    assert f"free in {store.path.parent} (DATA_DIR)" in disk
+    assert "free in /var/lib/docker (the Docker engine's data root)" in disk
+    assert set(response.json["free_disk"]) == {str(store.path.parent), "/var/lib/docker"}

@@ -339,12 +339,14 @@ def test_a_worker_that_lost_its_job_cannot_finish_it(store, clock):
     assert store.get_job(job_id).state is JobState.SUCCEEDED
 
 
-def test_an_interrupted_job_is_requeued_and_claimed_again(store):
-    """At start-up a job left RUNNING goes back to the queue and runs again, attempts counted."""
+def test_an_interrupted_job_is_requeued_and_claimed_again(store, clock):
+    """A job whose lease lapsed goes back to the queue and runs again, attempts counted."""
     job_id = enqueue(store, "d-1").job_id
     assert store.claim("old-process").attempts == 1
 
-    assert store.requeue_interrupted(force=True) == [job_id]
+    assert store.requeue_interrupted() == [], "its lease is live: its worker may be building"
+    clock.now += 61
+    assert store.requeue_interrupted() == [job_id]
     requeued = store.get_job(job_id)
     assert requeued.state is JobState.QUEUED
     assert (requeued.worker_id, requeued.lease_until, requeued.attempts) == (None, None, 1)
@@ -353,7 +355,7 @@ def test_an_interrupted_job_is_requeued_and_claimed_again(store):
     assert (again.id, again.attempts, again.worker_id) == (job_id, 2, "new-process")
 
 
-def test_requeue_takes_only_expired_leases_unless_forced(store, clock):
+def test_requeue_takes_only_expired_leases(store, clock):
     """A live worker's job (its lease renewed by heartbeats) is left alone."""
     job_id = enqueue(store, "d-1").job_id
     store.claim("w1")
@@ -366,7 +368,7 @@ def test_requeue_takes_only_expired_leases_unless_forced(store, clock):
     assert store.requeue_interrupted(now=clock.now + 11) == [job_id]
 
 
-def test_a_job_interrupted_too_often_fails_and_errors_its_builds(store):
+def test_a_job_interrupted_too_often_fails_and_errors_its_builds(store, clock):
     """After max_attempts interruptions the job fails saying so, and its unfinished builds end
     ERRORED and unreported, so their check runs still get completed."""
     job_id = enqueue(store, "d-1").job_id
@@ -385,7 +387,8 @@ def test_a_job_interrupted_too_often_fails_and_errors_its_builds(store):
                 store, job_id, service="web", state=BuildState.RUNNING, check_run_id=55
             )
         expected = [job_id] if attempt < 3 else []
-        assert store.requeue_interrupted(force=True) == expected
+        clock.now += 61
+        assert store.requeue_interrupted() == expected
 
     job = store.get_job(job_id)
     assert job.state is JobState.FAILED

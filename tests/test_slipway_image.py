@@ -144,7 +144,8 @@ def test_unconfigured_image_is_healthy_and_serves_setup(
 
     status, body = wait_for_http(container, f"{url}/healthz")
     assert status == 200, body
-    assert json.loads(body)["checks"] == {"store": "ok", "docker": "ok"}
+    assert json.loads(body)["checks"] == {"store": "ok", "docker": "ok", "worker": "ok",
+                                          "disk": "ok"}
     assert get(f"{url}/setup")[0] == 401  # the setup token is needed
     token = (data_dir / "setup-token").read_text().strip()
     assert f"/setup?token={token}" in container.logs().decode()
