@@ -586,3 +586,32 @@ def test_cancelled_and_skipped_builds_are_finished_and_reported(store):
     skipped = new_build(store, job_id, service="web", state="skipped", note="stranger")
     assert cancelled.finished and skipped.finished
     assert [b.id for b in store.unreported_builds()] == [cancelled.id, skipped.id]
+
+
+def test_a_handed_back_job_is_queued_at_once_and_not_counted_as_an_interruption(store, clock):
+    """A stopping worker's job goes back to the queue without waiting for its lease; only
+    crashes count towards max_attempts, and the attempt number (the fence) goes on."""
+    job_id = enqueue(store, "d-1").job_id
+    store.claim("stopping")
+    assert not store.hand_back(job_id, worker_id="someone-else")
+    assert store.hand_back(job_id, worker_id="stopping")
+    job = store.get_job(job_id)
+    assert (job.state, job.lease_until, job.worker_id) == (JobState.QUEUED, None, None)
+    assert (job.attempts, job.handed_back) == (1, 1)
+
+    for attempt in (2, 3, 4):  # three crashes after the hand-back
+        assert store.claim("w").attempts == attempt
+        clock.now += 61
+        store.requeue_interrupted()
+    job = store.get_job(job_id)
+    assert job.state is JobState.FAILED
+    assert "interrupted 3 times" in job.error
+
+
+def test_worker_heartbeats_are_shared_through_the_store(store, clock):
+    """Any process reads when some worker last showed it was alive."""
+    assert store.last_heartbeat() is None
+    store.beat("host-a-1")
+    clock.now += 5
+    store.beat("host-b-2")
+    assert store.last_heartbeat() == clock.now

@@ -12,7 +12,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from builder import SERVICE_LABEL
-from github_app.buildlog import log_path
 from github_app.config import Config
 from github_app.jobs import BuildState, JobState, JobStore
 from github_app.metrics import Metrics
@@ -41,6 +40,13 @@ def store(data_dir, clock):
         yield job_store
 
 
+@pytest.fixture
+def any_store(store_location, clock):
+    """SQLite, then PostgreSQL: the pruning queries run on both."""
+    with JobStore(store_location, clock=clock) as job_store:
+        yield job_store
+
+
 def finished_build(store, clock, *, repository="octo/shop", service="orders", days_ago=0.0,
                    state=BuildState.SUCCEEDED, **fields):
     """A job with one finished build, `days_ago` days old, and its log on disk."""
@@ -54,10 +60,13 @@ def finished_build(store, clock, *, repository="octo/shop", service="orders", da
                                head_sha="h" * 40, merge_sha="m" * 40,
                                check_run_name="docker build")
     store.update_build(build, state=state, finished_at=finished, **fields)
-    path = log_path(store.path.parent, build)
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(f"log of build {build}\n")
+    assert store.append_log_chunk(build, 0, f"log of build {build}\n".encode())
     return build
+
+
+def has_log(store, build_id: int) -> bool:
+    return store._connection().execute(
+        "SELECT count(*) FROM build_log_chunks WHERE build_id = ?", (build_id,)).fetchone()[0] > 0
 
 
 def local_tags(docker_client) -> set[str]:
@@ -74,14 +83,17 @@ def counters(metrics: Metrics) -> dict[tuple[str, str], float]:
     return values
 
 
-def test_builds_and_logs_past_retention_go_except_each_services_latest(store, clock, data_dir):
+def test_builds_and_logs_past_retention_go_except_each_services_latest(any_store, clock,
+                                                                       data_dir):
     """Builds older than RETENTION_DAYS go with their logs and jobs; every service keeps its
     latest build, however old; /metrics counts what went."""
+    store = any_store
     old_success = finished_build(store, clock, days_ago=40)
     old_failure = finished_build(store, clock, days_ago=35, state=BuildState.FAILED)
     recent = finished_build(store, clock, days_ago=1)
     only_billing = finished_build(store, clock, service="billing", days_ago=90)
-    orphan = data_dir / "logs" / "999.log"
+    orphan = data_dir / "logs" / "999.log"  # a log file of an older Slipway, its build gone
+    orphan.parent.mkdir()
     orphan.write_text("a log whose record a crash removed\n")
     os.utime(orphan, (NOW - 60 * DAY, NOW - 60 * DAY))
     metrics = Metrics()
@@ -91,9 +103,9 @@ def test_builds_and_logs_past_retention_go_except_each_services_latest(store, cl
 
     assert {b.id for b in store.recent_builds()} == {recent, only_billing}
     for gone in (old_success, old_failure):
-        assert not log_path(data_dir, gone).exists()
+        assert not has_log(store, gone)
         assert store.get_build(gone) is None
-    assert log_path(data_dir, recent).exists() and log_path(data_dir, only_billing).exists()
+    assert has_log(store, recent) and has_log(store, only_billing)
     assert not orphan.exists()
     assert store.job_counts()[JobState.SUCCEEDED] + store.job_counts()[JobState.FAILED] == 2
     found = counters(metrics)
@@ -103,8 +115,9 @@ def test_builds_and_logs_past_retention_go_except_each_services_latest(store, cl
     assert found[("slipway_pruned_bytes_total", "logs")] > 0
 
 
-def test_nothing_within_retention_is_pruned(store, clock, data_dir):
+def test_nothing_within_retention_is_pruned(any_store, clock, data_dir):
     """A store whose builds are all younger than RETENTION_DAYS loses nothing."""
+    store = any_store
     builds = {finished_build(store, clock, days_ago=d) for d in (1, 10, 29)}
     report = Pruner(Config(data_dir=data_dir, retention_days=30), store, images=False).run_once()
     assert report.removed == {}

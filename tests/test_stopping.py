@@ -17,7 +17,7 @@ import requests
 
 from github_app.jobs import BuildState, JobState
 from tests.slipway_harness import SECRET, TINY_DOCKERFILE, Harness
-from tests.test_e2e import APP, _free_port, _start_serve, _wait, only, slipway_env
+from tests.test_e2e import APP, _free_port, _wait, only, slipway_env
 
 pytestmark = pytest.mark.docker
 
@@ -41,6 +41,23 @@ def harness(fake_github, registry, data_dir):
 def start_worker(env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "github_app", "worker"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _start_serve(env: dict, url: str) -> subprocess.Popen:
+    """`serve` in its own process group, once its /healthz answers (slowly, on a busy host)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "github_app", "serve", "--host", "127.0.0.1"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+
+    def up():
+        try:
+            return requests.get(f"{url}/healthz", timeout=10).status_code in (200, 503)
+        except requests.RequestException:
+            return False
+
+    _wait(up, "serve to answer /healthz")
+    return proc
 
 
 def wait_until_building(harness, repo) -> None:
@@ -87,7 +104,8 @@ def test_sigterm_hands_back_a_build_still_running_after_stop_grace_not_counted(
 
     job = only(list(harness.store.recent_builds(repository=repo.full_name)))
     queued = harness.store.get_job(job.job_id)
-    assert (queued.state, queued.attempts, queued.lease_until) == (JobState.QUEUED, 0, None)
+    assert (queued.state, queued.lease_until) == (JobState.QUEUED, None)
+    assert (queued.attempts, queued.handed_back) == (1, 1), "handed back: not an interruption"
     assert only(harness.final_check_runs(repo))["status"] == "in_progress"
     assert registry.tags(repo.name) == [], "nothing was pushed by the stopped worker"
 
@@ -141,7 +159,7 @@ def test_serve_on_sigterm_hands_back_its_build_and_exits_0(
     os.killpg(serve.pid, signal.SIGTERM)
     assert serve.wait(timeout=45) == 0
     job = harness.store.get_job(only(harness.store.recent_builds()).job_id)
-    assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+    assert (job.state, job.attempts - job.handed_back) == (JobState.QUEUED, 0)
 
 
 def test_a_worker_thread_that_dies_is_logged_and_replaced(harness, registry, caplog):
