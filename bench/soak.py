@@ -294,8 +294,9 @@ class Soak:
         self.fake.webhook_secret = SECRET
 
     def _slipway_env(self, port: int) -> dict[str, str]:
+        # Nothing of the caller's Slipway settings leaks in (a DATABASE_URL would share a store).
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("GITHUB_", "SLIPWAY_", "REGISTRY"))}
+               if not k.startswith(("GITHUB_", "SLIPWAY_", "REGISTRY", "DATABASE_URL"))}
         env.update({
             "PYTHONPATH": str(ROOT),
             "DOCKER_API_VERSION": env.get("DOCKER_API_VERSION", "1.41"),
