@@ -24,7 +24,15 @@ DAY = 24 * 3600
 
 
 @pytest.fixture
-def store(data_dir):
+def store(store_location):
+    """The store, SQLite and then PostgreSQL: the sweep's SQL runs on both."""
+    with JobStore(store_location) as store:
+        yield store
+
+
+@pytest.fixture
+def sqlite_store(data_dir):
+    """For the tests that wait on the clock: once is enough."""
     with JobStore.from_data_dir(data_dir) as store:
         yield store
 
@@ -199,11 +207,12 @@ def test_metrics_count_missed_asked_and_sweeps_without_names(fake_github, store,
         assert name not in text
 
 
-def test_one_sweep_at_a_time_and_one_per_interval_across_sweepers(fake_github, store, receiver):
+def test_one_sweep_at_a_time_and_one_per_interval_across_sweepers(fake_github, store, receiver,
+                                                                  store_location):
     """Two processes' sweepers on one store: the second finds the lease taken or the sweep done."""
     failed_merge(fake_github)
     first = make_sweeper(fake_github, store, name="node-a", redeliver_interval=300)
-    second = make_sweeper(fake_github, JobStore(store.path), name="node-b",
+    second = make_sweeper(fake_github, JobStore(store_location), name="node-b",
                           redeliver_interval=300)
     assert store.claim_sweep("node-a", lease_seconds=600, due_before=time.time())
     assert second.sweep_if_due(due_before=time.time()) is None  # node-a holds the lease
@@ -213,9 +222,9 @@ def test_one_sweep_at_a_time_and_one_per_interval_across_sweepers(fake_github, s
     assert len(asks(fake_github)) == 1
 
 
-def test_a_lease_left_by_a_killed_sweeper_lapses(fake_github, data_dir, receiver):
+def test_a_lease_left_by_a_killed_sweeper_lapses(fake_github, store_location, receiver):
     clock = [time.time()]
-    store = JobStore.from_data_dir(data_dir, clock=lambda: clock[0])
+    store = JobStore(store_location, clock=lambda: clock[0])
     assert store.claim_sweep("killed", lease_seconds=600, due_before=clock[0])
     assert not store.claim_sweep("other", lease_seconds=600, due_before=clock[0])
     clock[0] += 601
@@ -223,8 +232,9 @@ def test_a_lease_left_by_a_killed_sweeper_lapses(fake_github, data_dir, receiver
     assert not store.renew_sweep("killed", lease_seconds=600)
 
 
-def test_the_sweeper_sweeps_at_start_up_and_then_every_interval(fake_github, store, receiver):
-    sweeper = make_sweeper(fake_github, store, redeliver_interval=1)
+def test_the_sweeper_sweeps_at_start_up_and_then_every_interval(fake_github, sqlite_store,
+                                                                receiver):
+    sweeper = make_sweeper(fake_github, sqlite_store, redeliver_interval=1)
     stop = threading.Event()
     thread = threading.Thread(target=sweeper.run, args=(stop,), daemon=True)
     thread.start()
@@ -236,18 +246,18 @@ def test_the_sweeper_sweeps_at_start_up_and_then_every_interval(fake_github, sto
         stop.set()
         thread.join(5)
     assert len(log_reads(fake_github)) >= 3
-    assert store.last_sweep().finished_at is not None
+    assert sqlite_store.last_sweep().finished_at is not None
 
 
-def test_interval_0_never_sweeps(fake_github, store, receiver):
+def test_interval_0_never_sweeps(fake_github, sqlite_store, receiver):
     stop = threading.Event()
-    make_sweeper(fake_github, store, redeliver_interval=0).run(stop)  # returns at once
+    make_sweeper(fake_github, sqlite_store, redeliver_interval=0).run(stop)  # returns at once
     assert log_reads(fake_github) == []
 
 
-def test_a_worker_process_joins_only_the_periodic_sweeps(fake_github, store, receiver):
+def test_a_worker_process_joins_only_the_periodic_sweeps(fake_github, sqlite_store, receiver):
     """at_start=False: no sweep at start-up, none within the first interval."""
-    sweeper = make_sweeper(fake_github, store, redeliver_interval=2)
+    sweeper = make_sweeper(fake_github, sqlite_store, redeliver_interval=2)
     stop = threading.Event()
     thread = threading.Thread(target=sweeper.run, args=(stop,), kwargs={"at_start": False},
                               daemon=True)
