@@ -49,7 +49,11 @@ class MotoServer:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(10)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:  # a loaded machine: do not leave it behind
+            self.process.kill()
+            self.process.wait()
 
 
 def action_of(method: str, path: str, body: bytes) -> str:

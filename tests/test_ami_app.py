@@ -101,7 +101,8 @@ def ami_repo(harness):
     service = f"ami-app-{uuid.uuid4().hex[:8]}"
     files = {".github/slipway.yml": f"services:\n  - name: {service}\n    type: ami\n",
              "Dockerfile": TINY_DOCKERFILE, "app.py": "print('hi')\n"}
-    return service, harness.repository(files)
+    # Public: its build page and badge are shown without signing in.
+    return service, harness.repository(files, private=False)
 
 
 def test_a_merge_of_a_type_ami_service_reports_its_ami_on_the_check_run_page_and_badge(

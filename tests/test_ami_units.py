@@ -16,6 +16,7 @@ from builder.ami.bootable import (
     ImageConfig,
     bootable_dockerfile,
     distribution_of,
+    final_base,
     hostname_for,
     kernel_files,
     loader_entry,
@@ -99,6 +100,17 @@ def test_other_bases_are_refused_naming_the_supported_ones(os_release):
         distribution_of(os_release, image="reg/orders:1.0.0")
     assert "Debian" in str(caught.value) and "Ubuntu" in str(caught.value)
     assert "reg/orders:1.0.0" in str(caught.value)
+
+
+@pytest.mark.parametrize(("dockerfile", "base"), [
+    ("FROM python:3.11-slim\nCMD x\n", "python:3.11-slim"),
+    ("FROM python:3.11-slim AS build\nRUN x\nFROM build\nCMD x\n", "python:3.11-slim"),
+    ("FROM --platform=linux/amd64 debian:12 as a\nFROM a AS b\nFROM \\\n  b\n", "debian:12"),
+    ("FROM golang AS build\nFROM scratch\nCOPY --from=build /x /x\n", "scratch"),
+    ("ARG BASE=debian\nFROM $BASE\n", None),
+])
+def test_the_base_of_the_last_stage_is_found_through_stage_names(dockerfile, base):
+    assert final_base(dockerfile) == base
 
 
 def test_the_bootable_layer_installs_a_cloud_kernel_systemd_and_runs_as_root():

@@ -181,6 +181,7 @@ def build_ami(
         with (engine.opened(docker_client, settings=engine_settings) as client,
               stoppable(client, cancel=cancel, timeout=timeout) as stop):
             try:
+                _check_base_first(client, dockerfile_path)
                 plan = _docker_phases(
                     client, phases, log, work=work, path=path, name=name, revision=revision,
                     context_dir=context_dir, dockerfile_path=dockerfile_path, tag=tag,
@@ -223,6 +224,22 @@ def build_ami(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_base_first(client, dockerfile_path: str) -> None:
+    """Refuse a base that is not Debian or Ubuntu before building, when the engine holds
+    the image the Dockerfile's last stage starts from (the build checks it again)."""
+    from builder import engine
+
+    with open(dockerfile_path, encoding="utf-8") as f:
+        base = bootable.final_base(f.read())
+    if base is None:
+        return
+    if base.lower() == "scratch":
+        bootable.distribution_of(None, image="scratch")
+    if engine.has_image(client, base):
+        bootable.distribution_of(engine.read_image_file(client, base, "/etc/os-release"),
+                                 image=base)
 
 
 def _stopped(reason: str | None, timeout: float | None, log, *, cause=None) -> None:

@@ -93,7 +93,8 @@ def distribution_of(os_release: str | None, *, image: str) -> str:
         return "ubuntu"
     if "debian" in like:
         return "debian"
-    found = fields.get("PRETTY_NAME") or fields.get("ID") or "no /etc/os-release"
+    found = (fields.get("PRETTY_NAME") or fields.get("ID")
+             or "an unknown system (no /etc/os-release)")
     raise UnsupportedBaseImage(
         f"The image {image} is based on {found}, and a machine image can only be made from "
         f"an image based on {SUPPORTED_BASES}: start the Dockerfile's last stage FROM such "
@@ -101,6 +102,25 @@ def distribution_of(os_release: str | None, *, image: str) -> str:
         image=image,
         found=found,
     )
+
+
+def final_base(dockerfile: str) -> str | None:
+    """The image the Dockerfile's last stage starts FROM, through its stage names; None
+    when a build argument decides it (``FROM $BASE``)."""
+    stages: dict[str, str] = {}
+    last = None
+    for line in re.sub(r"\\\n", " ", dockerfile).splitlines():
+        words = line.split()
+        if not words or words[0].upper() != "FROM":
+            continue
+        words = [word for word in words[1:] if not word.startswith("--")]
+        if not words:
+            continue
+        base = stages.get(words[0].lower(), words[0])
+        if len(words) >= 3 and words[1].upper() == "AS":
+            stages[words[2].lower()] = base
+        last = base
+    return None if last is None or "$" in last else last
 
 
 def bootable_dockerfile(base_image: str, distribution: str) -> str:

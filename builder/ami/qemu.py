@@ -36,7 +36,8 @@ def qemu_command(disk: str, vars_file: str, console: str, *, host_port: int, gue
         "qemu-system-x86_64",
         "-machine", f"q35,accel={accel}",
         "-cpu", cpu, "-smp", str(cpus), "-m", str(memory_mib),
-        "-display", "none", "-no-reboot",
+        # No default CD-ROM, floppy or VGA: the firmware tries nothing before the disk.
+        "-nodefaults", "-display", "none", "-no-reboot",
         "-serial", f"file:{console}",
         "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
         "-drive", f"if=pflash,format=raw,file={vars_file}",
