@@ -274,7 +274,7 @@ def webhook_secret(doctor: Doctor) -> str:
             "GITHUB_WEBHOOK_SECRET starts or ends with a space or a line break, and GitHub "
             "signs with every character: remove it (unless the App's secret has it too)."
         )
-    said = "set"
+    said = _secret_in_the_delivery_log(doctor)
     # The running Slipway must verify with this same secret: a signed ping shows it.
     body = json.dumps({"zen": "Slipway doctor", "hook_id": 0}).encode()
     signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -295,6 +295,26 @@ def webhook_secret(doctor: Doctor) -> str:
     if answer.status_code == 200:
         return f"{said}; the Slipway at {config.public_url} accepts a ping signed with it"
     return f"{said}; the Slipway at {config.public_url} answered {answer.status_code} to a ping"
+
+
+def _secret_in_the_delivery_log(doctor: Doctor) -> str:
+    """What GitHub's own delivery log says of the secret: its latest answer was not a 401."""
+    try:
+        page, _ = doctor.github().hook_deliveries(per_page=25)
+    except (GitHubError, Skip):
+        return "set (GitHub's delivery log could not be read)"
+    answered = [d for d in page if isinstance(d, dict) and d.get("status_code")]
+    if not answered:
+        return "set (no delivery in GitHub's log yet)"
+    latest = max(answered, key=lambda d: str(d.get("delivered_at") or ""))
+    if latest.get("status_code") == 401:
+        raise Problem(
+            f"GitHub's latest delivery ({latest.get('event')}, {latest.get('delivered_at')}) "
+            "was refused with 401: the App's webhook secret and GITHUB_WEBHOOK_SECRET differ. "
+            "Set the same secret in the App's settings and here (rotate with "
+            "GITHUB_WEBHOOK_SECRET_PREVIOUS), then Redeliver the refused deliveries."
+        )
+    return f"set; GitHub's latest delivery was answered {latest.get('status_code')}"
 
 
 @check("docker")

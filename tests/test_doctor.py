@@ -186,7 +186,7 @@ def test_nothing_at_public_url_fails_the_public_url_line(environ):
     status, lines = run_doctor(environ)
     assert status == 1 and failed(lines) == ["public url"]
     assert "Nothing answers at " in lines["public url"]
-    assert lines["webhook secret"].startswith("ok    webhook secret: set; not tried")
+    assert "not tried against Slipway: nothing answers at PUBLIC_URL" in lines["webhook secret"]
 
 
 def test_a_half_given_app_fails_configuration_and_skips_the_app_parts(environ):
@@ -264,3 +264,25 @@ def test_a_database_url_that_answers_passes_and_one_that_does_not_says_what_to_c
     assert failed(lines) == ["database"]
     assert "check that PostgreSQL is up and that DATABASE_URL names it" in lines["database"]
     assert "wrong-pass" not in lines["database"]
+
+
+def test_github_signing_with_another_secret_fails_the_secret_line(environ, fake_github, slipway):
+    """GitHub's delivery log shows Slipway answering 401: the App's secret and Slipway's
+    differ, though Slipway and this environment agree; the line says to set the same."""
+    from tests.payloads import load_event
+
+    fake_github.webhook_url = f"{slipway.url}/webhook"
+    fake_github.webhook_secret = "the secret typed into the App's settings"
+    fake_github.send_webhook("ping", load_event("ping"))
+    status, lines = run_doctor(environ)
+    assert status == 1 and failed(lines) == ["webhook secret"]
+    assert lines["webhook secret"].startswith("FAIL  webhook secret: GitHub's latest delivery "
+                                              "(ping, ")
+    assert "was refused with 401: the App's webhook secret and GITHUB_WEBHOOK_SECRET " \
+           "differ" in lines["webhook secret"]
+
+    fake_github.webhook_secret = SECRET
+    fake_github.send_webhook("ping", load_event("ping"))
+    status, lines = run_doctor(environ)
+    assert status == 0, lines
+    assert "GitHub's latest delivery was answered 200" in lines["webhook secret"]
