@@ -254,12 +254,16 @@ class Worker:
             if not self.store.finish(job.id, JobState.FAILED if failed else JobState.SUCCEEDED,
                                      worker_id=worker_id, attempt=fence.attempt):
                 raise LeaseLost(f"the store refused to finish job {job.id}")
-        except (LeaseLost, builder.BuildCancelled) as exc:
-            cancel.set()
-            log.warning("job %s attempt %s is no longer this worker's (%s): its build is "
-                        "stopped and nothing more of it is pushed or reported", job.id,
-                        fence.attempt, heartbeat.reason or exc, extra={"job_id": job.id})
-        except Exception as exc:  # a bug must not kill the worker thread
+        except Exception as exc:
+            if isinstance(exc, LeaseLost | builder.BuildCancelled) or cancel.is_set():
+                # The claim was lost first; what broke after (the store, the stream) is
+                # its effect. Nothing is recorded: the job is another worker's now.
+                cancel.set()
+                log.warning("job %s attempt %s is no longer this worker's (%s): its build is "
+                            "stopped and nothing more of it is pushed or reported", job.id,
+                            fence.attempt, heartbeat.reason or exc, extra={"job_id": job.id})
+                return
+            # A bug must not kill the worker thread.
             log.exception("job %s crashed", job.id, extra={"job_id": job.id})
             try:
                 if self.store.finish(job.id, JobState.FAILED, error=str(exc),

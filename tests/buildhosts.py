@@ -189,13 +189,18 @@ def _stop(process: subprocess.Popen, timeout: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def registry_server(address: str, folder: Path, port: int = 0) -> Iterator[str]:
-    """A registry (distribution, the code of registry:2) on `address`; yields HOST:PORT."""
+def registry_server(address: str, folder: Path, port: int = 0,
+                    storage: Path | None = None) -> Iterator[str]:
+    """A registry (distribution, the code of registry:2) on `address`; yields HOST:PORT.
+
+    ``storage`` kept from run to run holds the base image's layers already, so the
+    hosts' first pushes do not each send 80 MB again (a minute on this machine)."""
     port = port or _free_port(address)
     config = folder / "registry.yml"
+    storage = storage or folder / "data"
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n"
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: {address}:{port}\n"
     )

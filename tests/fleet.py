@@ -32,13 +32,16 @@ from pathlib import Path
 import psycopg
 import requests
 
-from tests.buildhosts import BuildHost, _free_port, _stop, build_host, registry_server
+from tests.buildhosts import STATE, BuildHost, _free_port, _stop, build_host, registry_server
 from tests.buildhosts import service_address as make_service_address
 from tests.fake_github import start_fake_github
 from tests.payloads import merged_pull_request, to_body, webhook_headers
 from tests.pgcluster import postgres_cluster
 
 SECRET = "fleet webhook secret"
+# The same registry port on every run: the engines (whose data roots are kept) then know
+# that the registry holds the base image's layers and do not push 80 MB again.
+REGISTRY_PORT = 5099
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,10 +57,13 @@ class Repo:
     def full_name(self) -> str:
         return f"{self.owner}/{self.name}"
 
-    def merged(self, labels=(), title="Add orders endpoint") -> dict:
+    def merged(self, labels=(), title="Add orders endpoint", *, number: int | None = None,
+               head_sha: str | None = None, merge_sha: str | None = None) -> dict:
         """The real `pull_request` `closed` example, pointed at this repository."""
         payload = merged_pull_request(labels=list(labels), title=title,
-                                      merge_commit_sha=self.merge_sha)
+                                      merge_commit_sha=merge_sha or self.merge_sha)
+        if number is not None:
+            payload["number"] = payload["pull_request"]["number"] = number
         payload["installation"] = {"id": self.installation_id, "node_id": "MDIzOkluc3Q="}
         repository = payload["repository"]
         repository["name"], repository["full_name"] = self.name, self.full_name
@@ -65,8 +71,19 @@ class Repo:
         repository["html_url"] = f"https://github.com/{self.full_name}"
         for side in ("base", "head"):
             payload["pull_request"][side]["repo"] = dict(repository)
-        payload["pull_request"]["head"]["sha"] = self.head_sha
+        payload["pull_request"]["head"]["sha"] = head_sha or self.head_sha
         return payload
+
+
+def _port_or_free(address: str, port: int) -> int:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return _free_port(address)
+    return port
 
 
 class Fleet:
@@ -105,15 +122,25 @@ class Fleet:
         self.address = stack.enter_context(make_service_address())
         registry_folder = self.folder / "registry"
         registry_folder.mkdir()
-        self.registry = stack.enter_context(registry_server(self.address, registry_folder))
+        self.registry = stack.enter_context(registry_server(
+            self.address, registry_folder, port=_port_or_free(self.address, REGISTRY_PORT),
+            storage=STATE / "fleet-registry"))
         self.fake = start_fake_github(host=self.address)
         stack.callback(self.fake.stop)
         self.cluster = stack.enter_context(postgres_cluster(listen=["127.0.0.1", self.address]))
         self.key_path = self.folder / "app.pem"
         self.key_path.write_bytes(self.fake.private_key_pem)
+        registry_port = int(self.registry.rsplit(":", 1)[1])
+        # Each host reaches the registry at its own 127.0.0.1 (a forwarder in its
+        # namespace): Docker and Slipway speak plain HTTP to a loopback registry only.
+        self.worker_registry = f"127.0.0.1:{registry_port}"
         for _ in range(self.host_count):
-            self.hosts.append(stack.enter_context(build_host(self.address,
-                                                             registry=self.registry)))
+            host = stack.enter_context(build_host(self.address, registry=self.registry))
+            forwarder = host.popen([sys.executable, "-m", "tests.forward", str(registry_port),
+                                    self.address, str(registry_port)],
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+            stack.callback(_stop, forwarder, 5)
+            self.hosts.append(host)
         for index in range(self.web_count):
             self.start_web(index)
         for index in range(self.host_count):
@@ -154,7 +181,7 @@ class Fleet:
         data_dir = self.folder / f"worker-{index}"
         data_dir.mkdir(exist_ok=True)
         env = self.env(DOCKER_HOST=host.docker_host, WORKER_THREADS="1", DATA_DIR=str(data_dir),
-                       MIN_FREE_DISK="1m", **self.worker_env)
+                       MIN_FREE_DISK="1m", REGISTRY=self.worker_registry, **self.worker_env)
         with self._log(f"worker-{index}") as log:
             process = host.popen([sys.executable, "-m", "github_app", "worker"], env=env,
                                  stdout=log, stderr=subprocess.STDOUT, cwd=str(self.folder))
@@ -200,7 +227,8 @@ class Fleet:
 
     # -- driving -------------------------------------------------------------
 
-    def repository(self, *, dockerfile: str, owner: str = "octo-org") -> Repo:
+    def repository(self, *, dockerfile: str = "FROM python:3.11-slim\n",
+                   owner: str = "octo-org") -> Repo:
         """A repository on the fake GitHub with the App installed; head and merge commits."""
         name = f"svc-{uuid.uuid4().hex[:8]}"
         installation = self.fake.add_installation(account=owner)
@@ -208,6 +236,19 @@ class Fleet:
                                            installation_id=installation)
         merge_sha = self.fake.add_commit(owner, name, files={})
         return Repo(owner, name, installation, created.default_sha, merge_sha)
+
+    def merge(self, repo: Repo, number: int, *, sleep: float) -> tuple[dict, str, str]:
+        """A pull request #number merged into `repo`: a Dockerfile of its own (no cache is
+        shared with another merge) whose build sleeps `sleep` seconds. Returns the payload,
+        its head and merge shas."""
+        dockerfile = ("FROM python:3.11-slim\n"
+                      f"RUN echo {repo.name} pull request {number} && sleep {sleep:g}\n")
+        head = self.fake.add_commit(repo.owner, repo.name, {"Dockerfile": dockerfile},
+                                    branch=f"pr-{number}")
+        merge = self.fake.add_commit(repo.owner, repo.name, {"Dockerfile": dockerfile})
+        payload = repo.merged(labels=[f"version:1.0.{number}"], number=number,
+                              head_sha=head, merge_sha=merge)
+        return payload, head, merge
 
     def deliver(self, node: int, payload: dict, *, delivery_id: str | None = None,
                 event: str = "pull_request") -> requests.Response:
