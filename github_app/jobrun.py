@@ -38,7 +38,9 @@ from github_app.errors import (
     SlipwayError,
     VersionTaken,
 )
+from github_app.image_names import check_owner, with_image_names
 from github_app.jobs import Build, BuildState, Fence, Job, LeaseLost
+from github_app.pages import github_web_url
 from github_app.reports import LOG_TAIL_BYTES, request_from_job
 from github_app.services import Service, parse_services
 from github_app.source import unpack_tarball
@@ -209,7 +211,8 @@ class JobRun:
         )
         if self.only_services is not None:
             services = [s for s in services if s.name in self.only_services] or services
-        return services
+        return with_image_names(services, self.config.image_name, owner=self.request.owner,
+                                repo=self.request.repo)
 
     def _create_build(self, service: str, check_run_name: str) -> Build:
         build_id = self.store.create_build(
@@ -297,6 +300,9 @@ class JobRun:
         with buildlog:
             version = None
             try:
+                # A name another repository published first is not this one's to push to.
+                check_owner(config, service.image_name, html_url=self._html_url(),
+                            repository=self.request.repository)
                 version = self._version(service, build)
                 # Stored the moment it is resolved: a job resumed after a crash reuses it.
                 self._record(build.id, version=version.tag,
@@ -311,7 +317,7 @@ class JobRun:
                     buildlog.append(f"Slipway: {reported.reference} is already in the "
                                     f"registry, built from {build.merge_sha}; reporting it, "
                                     "not pushing again")
-                    floating = move_floating_tags(self.config, service.name, version,
+                    floating = move_floating_tags(self.config, service.image_name, version,
                                                   reported.digest, buildlog.append)
                     return Outcome(BuildState.SUCCEEDED, version=version, result=reported,
                                    log_tail=buildlog.tail(LOG_TAIL_BYTES), floating=floating)
@@ -320,19 +326,19 @@ class JobRun:
                 if self.request.kind == BuildKind.MERGE and service.type != "ami":
                     published = publish_staged(self.config, self.client, self.store,
                                                self.request, service.name, version,
-                                               buildlog.append)
+                                               buildlog.append, image=service.image_name)
                 if published is not None:
                     result, stage = published
-                    floating = move_floating_tags(self.config, service.name, version,
+                    floating = move_floating_tags(self.config, service.image_name, version,
                                                   result.digest, buildlog.append)
                     return Outcome(BuildState.SUCCEEDED, version=version, result=result,
                                    log_tail=buildlog.tail(LOG_TAIL_BYTES), floating=floating,
                                    published_from=stage)
-                buildlog.append(f"Slipway: building {service.name}:{version.tag} "
+                buildlog.append(f"Slipway: building {service.image_name}:{version.tag} "
                                 f"({version.explanation}) from {build.merge_sha}, "
                                 f"time limit {limit.seconds} s")
                 result = self.worker.build_artifact(
-                    service.name,
+                    service.image_name,
                     version.tag,
                     service.type,
                     context=str(source.path() / service.context),
@@ -341,7 +347,7 @@ class JobRun:
                     network=config.build_network,
                     on_log=on_log,
                     revision=build.merge_sha,
-                    source=self.request.html_url,
+                    source=self._html_url(),
                     username=config.registry_username,
                     password=config.registry_password,
                     docker_client=self.worker.docker_client,
@@ -368,10 +374,15 @@ class JobRun:
                 floating = []
             else:
                 buildlog.append(f"Slipway: pushed {result.reference}")
-                floating = move_floating_tags(self.config, service.name, version,
+                floating = move_floating_tags(self.config, service.image_name, version,
                                               result.digest, buildlog.append)
         return Outcome(BuildState.SUCCEEDED, version=version, result=result,
                        log_tail=result.log_tail, floating=floating)
+
+    def _html_url(self) -> str:
+        """The repository's web address: the source label its images carry."""
+        return self.request.html_url or (
+            f"{github_web_url(self.config.api_url)}/{self.request.repository}")
 
     def _artifact_options(self, service: Service, *, push: bool) -> dict:
         """`type: ami`: the image the AMI is made from is pushed too (unless the registry
@@ -387,7 +398,7 @@ class JobRun:
             return kept_version(build.version, build.version_source or "resolved earlier")
         published = self._published_for_this_merge(service, build) if self.rerun else None
         tags = registry_api.list_tags(
-            self.config.registry, service.name,
+            self.config.registry, service.image_name,
             username=self.config.registry_username, password=self.config.registry_password,
         )
         current = resolve_version(self.request.labels, self.request.pr_title or "", tags)
@@ -407,7 +418,7 @@ class JobRun:
             if candidate.version not in checked:
                 checked.add(candidate.version)
                 labels = registry_api.image_labels(
-                    self.config.registry, service.name, candidate.version,
+                    self.config.registry, service.image_name, candidate.version,
                     username=self.config.registry_username,
                     password=self.config.registry_password,
                 )
@@ -421,23 +432,23 @@ class JobRun:
         Versions are immutable: a tag the registry holds from another commit is refused.
         """
         labels = registry_api.image_labels(
-            self.config.registry, service.name, version.tag,
+            self.config.registry, service.image_name, version.tag,
             username=self.config.registry_username, password=self.config.registry_password,
         )
         if labels is None:
             return None
         commit = labels.get(REVISION_LABEL)
         if commit != self.request.merge_commit_sha:
-            raise VersionTaken(service=service.name, tag=version.tag, commit=commit)
+            raise VersionTaken(service=service.image_name, tag=version.tag, commit=commit)
         image = registry_api.Registry(
             self.config.registry, username=self.config.registry_username,
             password=self.config.registry_password,
-        ).read_image(service.name, version.tag)
+        ).read_image(service.image_name, version.tag)
         if image is None:  # deleted in between: build it again
             return None
-        tag = f"{self.config.registry}/{service.name}:{version.tag}"
+        tag = f"{self.config.registry}/{service.image_name}:{version.tag}"
         return builder.BuildResult(
-            service=service.name, version=version.tag, tag=tag,
+            service=service.image_name, version=version.tag, tag=tag,
             reference=f"{tag}@{image.digest}", digest=image.digest,
             image_id=image.manifest["config"]["digest"], size=image.size, duration=0.0,
             log_tail="",

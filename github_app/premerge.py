@@ -25,12 +25,20 @@ from pathlib import Path
 import builder
 from builder import registry as registry_api
 from github_app import previews, reporting
-from github_app.errors import GitHubError, ServiceConfigError, SlipwayError, VersionTaken
+from github_app.errors import (
+    GitHubError,
+    ImageNameTaken,
+    ServiceConfigError,
+    SlipwayError,
+    VersionTaken,
+)
 from github_app.fencing import Fence
 from github_app.floating_tags import staging_tag, tags_to_move
 from github_app.forks import approves_head, trusted_head
+from github_app.image_names import check_owner, with_image_names
 from github_app.jobrun import MAX_TARBALL_BYTES, REVISION_LABEL, SERVICES_FILE, failure_outcome
 from github_app.jobs import Build, BuildState, Job
+from github_app.pages import github_web_url
 from github_app.reports import LOG_TAIL_BYTES, request_from_job
 from github_app.services import Service, parse_services
 from github_app.source import unpack_tarball
@@ -101,6 +109,9 @@ class PreMergeRun:
                 states.append(self._finish_state(build, BuildState.CANCELLED, note=superseded))
                 continue
             version, problem = self._version(service)
+            if isinstance(problem, ImageNameTaken):  # not even a staging tag goes there
+                states.append(self._finish(build, failure_outcome(problem)))
+                continue
             reused = None if self.rebuild else self._built_head(service, build)
             if reused is not None:  # built before: only the version is news
                 states.append(self._reuse(build, reused, version, problem))
@@ -122,8 +133,14 @@ class PreMergeRun:
     def _services(self) -> list[Service]:
         text = self.client.get_file(self.request.owner, self.request.repo, SERVICES_FILE,
                                     self.request.head_sha)
-        return parse_services(text.decode("utf-8", "replace") if text is not None else None,
-                              repository_name=self.request.repo)
+        services = parse_services(text.decode("utf-8", "replace") if text is not None else None,
+                                  repository_name=self.request.repo)
+        return with_image_names(services, self.config.image_name, owner=self.request.owner,
+                                repo=self.request.repo)
+
+    def _html_url(self) -> str:
+        return self.request.html_url or (
+            f"{github_web_url(self.config.api_url)}/{self.request.repository}")
 
     def _create_build(self, service: str, check_run_name: str) -> Build:
         build_id = self.store.create_build(
@@ -137,17 +154,20 @@ class PreMergeRun:
     def _version(self, service: Service) -> tuple[Version | None, Exception | None]:
         """The version merging would publish, or why there is none; never raises for it."""
         try:
+            # Not even a staging tag goes under a name another repository published first.
+            check_owner(self.config, service.image_name, html_url=self._html_url(),
+                        repository=self.request.repository)
             tags = registry_api.list_tags(
-                self.config.registry, service.name, username=self.config.registry_username,
+                self.config.registry, service.image_name, username=self.config.registry_username,
                 password=self.config.registry_password)
             version = resolve_version(self.request.labels, self.request.pr_title or "", tags)
             labels = registry_api.image_labels(
-                self.config.registry, service.name, version.tag,
+                self.config.registry, service.image_name, version.tag,
                 username=self.config.registry_username, password=self.config.registry_password)
         except (SlipwayError, builder.BuilderError) as exc:
             return None, exc
         if labels is not None:  # nothing is merged yet, so any holder is another commit
-            return version, VersionTaken(service=service.name, tag=version.tag,
+            return version, VersionTaken(service=service.image_name, tag=version.tag,
                                          commit=labels.get(REVISION_LABEL))
         self._floating[service.name] = tags_to_move(version.text, tags,
                                                     self.config.floating_tags)
@@ -193,7 +213,7 @@ class PreMergeRun:
         body = reporting.check_run_started(
             name=build.check_run_name, head_sha=build.head_sha, details_url=details,
             external_id=str(build.id), started_at=_moment(build.started_at),
-            summary=previews.started_summary(image=service.name,
+            summary=previews.started_summary(image=service.image_name,
                                              pr_number=self.request.pr_number,
                                              head_sha=build.head_sha, details_url=details),
         )
@@ -243,7 +263,7 @@ class PreMergeRun:
                                   secrets=(config.registry_password,
                                            config.webhook_secret)) as buildlog:
             buildlog.append(f"Slipway: building head {build.head_sha} of pull request "
-                            f"#{self.request.pr_number}, staged as {service.name}:{tag}, "
+                            f"#{self.request.pr_number}, staged as {service.image_name}:{tag}, "
                             f"time limit {limit.seconds} s")
             started = time.monotonic()
             try:
@@ -251,10 +271,10 @@ class PreMergeRun:
                 # image's (a machine image per pushed commit would be slow and costly);
                 # its AMI is made from the merge.
                 result = self.worker.build_artifact(
-                    service.name, tag, "docker", context=str(root / service.context),
+                    service.image_name, tag, "docker", context=str(root / service.context),
                     dockerfile=service.dockerfile, registry=config.registry,
                     network=config.build_network, on_log=buildlog.append,
-                    revision=build.head_sha, source=self.request.html_url,
+                    revision=build.head_sha, source=self._html_url(),
                     username=config.registry_username, password=config.registry_password,
                     docker_client=self.worker.docker_client, engine_settings=config.engine,
                     memory=config.build_memory, timeout=limit.seconds, cancel=cancel,

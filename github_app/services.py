@@ -52,6 +52,13 @@ class Service:
     dockerfile: str = "Dockerfile"
     type: ServiceType = ServiceType.DOCKER
     timeout: int | None = None  # seconds, from `timeout:`; None: the operator's BUILD_TIMEOUT
+    # Its name in the registry: IMAGE_NAME applied (image_names.py); None: `name` itself.
+    image: str | None = None
+
+    @property
+    def image_name(self) -> str:
+        """The name its images get in the registry."""
+        return self.image or self.name
 
     def time_limit(self, default: int, maximum: int) -> TimeLimit:
         """How long this service's build may run, and where that number comes from."""

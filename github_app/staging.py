@@ -48,8 +48,9 @@ def remove_stage(worker, request) -> list[str]:
         return []
     api = _registry(worker.config)
     tag = staging_tag(request.pr_number)
-    services = {b.service for b in worker.store.pre_merge_builds(request.repository,
-                                                                 request.pr_number)
+    # The staged reference names the image (IMAGE_NAME applied), not just the service.
+    services = {_image_of(b.staged_reference, worker.config.registry)
+                for b in worker.store.pre_merge_builds(request.repository, request.pr_number)
                 if b.staged_reference}
     removed = []
     for service in sorted(services):
@@ -63,8 +64,15 @@ def remove_stage(worker, request) -> list[str]:
     return removed
 
 
+def _image_of(reference: str, registry: str) -> str:
+    """The image name of `REGISTRY/IMAGE:TAG@sha256:...`."""
+    name = reference.split("@", 1)[0].rsplit(":", 1)[0]
+    return name.removeprefix(f"{registry}/")
+
+
 def publish_staged(config, client, store, request, service: str, version: Version,
-                   say: Callable[[str], None]) -> tuple[BuildResult, str] | None:
+                   say: Callable[[str], None], *,
+                   image: str | None = None) -> tuple[BuildResult, str] | None:
     """Publish the merged head's staged image as `service:version`, when the trees match.
 
     The same tree means the same files, so the same image: its layers are published
@@ -88,18 +96,20 @@ def publish_staged(config, client, store, request, service: str, version: Versio
         return None
     api = _registry(config)
     tag = staging_tag(request.pr_number)
-    image = api.read_image(service, tag)
+    name = image or service  # its name in the registry (IMAGE_NAME applied)
+    image = api.read_image(name, tag)
     if image is None or image.digest != stage.digest:
-        say(f"Slipway: {service}:{tag} is no longer the image build {stage.id} staged; "
+        say(f"Slipway: {name}:{tag} is no longer the image build {stage.id} staged; "
             "building")
         return None
     labels = builder.oci_labels(version.tag, datetime.now(UTC),
-                                revision=request.merge_commit_sha, source=request.html_url)
+                                revision=request.merge_commit_sha,
+                                source=request.html_url or stage_source(config, request))
     published = api.publish(image, version.tag, labels,
                             created=labels["org.opencontainers.image.created"])
-    image_tag = f"{config.registry}/{service}:{version.tag}"
+    image_tag = f"{config.registry}/{name}:{version.tag}"
     result = BuildResult(
-        service=service, version=version.tag, tag=image_tag,
+        service=name, version=version.tag, tag=image_tag,
         reference=f"{image_tag}@{published.digest}", digest=published.digest,
         image_id=stage.image_id or "", size=published.size,
         duration=time.monotonic() - started, log_tail="",
@@ -158,3 +168,10 @@ def queue_refreshes(worker, request) -> list[int]:
     if queued:
         worker.wakeup.set()
     return queued
+
+
+def stage_source(config, request) -> str:
+    """The repository's web address when the delivery did not carry it."""
+    from github_app.pages import github_web_url
+
+    return f"{github_web_url(config.api_url)}/{request.repository}"

@@ -507,3 +507,60 @@ def test_a_private_repositorys_build_is_shown_only_to_its_readers(
         assert secret.name in browser.get(f"{harness.url}/builds").text
     finally:
         harness.close()
+
+
+def test_an_image_name_published_by_one_repository_is_refused_to_another(harness, registry):
+    """Two repositories naming one image: the first owns it; the second fails, pushing nothing."""
+    import uuid
+
+    shared = f"shared-{uuid.uuid4().hex[:8]}"
+    config = f"services:\n  - name: {shared}\n"
+    first = tiny_repo(harness, **{".github/slipway.yml": config})
+    harness.deliver("pull_request", first.merged(labels=["version:1.0.0"]))
+    harness.run_worker()
+    assert "1.0.0" in registry.tags(shared)
+    before = {tag: registry.manifest_digest(shared, tag) for tag in registry.tags(shared)}
+
+    second = tiny_repo(harness, **{".github/slipway.yml": config})
+    harness.deliver("pull_request", second.merged(labels=["version:2.0.0"]))
+    harness.run_worker()
+    run = only(harness.final_check_runs(second))
+    assert run["conclusion"] == "failure"
+    summary = run["output"]["summary"]
+    assert first.full_name in summary and "`name:`" in summary
+    assert "IMAGE_NAME={owner}/{service}" in summary
+    assert [s["state"] for s in harness.statuses(second)][-1] == "failure"
+    assert {tag: registry.manifest_digest(shared, tag) for tag in registry.tags(shared)} == (
+        before)  # nothing pushed: no 2.0.0, no floating tag moved
+
+    # The owner goes on publishing under its name.
+    first.merge_sha = harness.fake.add_commit(first.owner, first.name, {"app.py": b"print(3)\n"})
+    harness.deliver("pull_request", first.merged(labels=["version:1.1.0"], title="More"))
+    harness.run_worker()
+    assert {"1.0.0", "1.1.0"} <= set(registry.tags(shared))
+
+
+def test_image_name_owner_slash_service_keeps_forks_apart(fake_github, registry, data_dir):
+    """IMAGE_NAME={owner}/{service}: the upstream and a fork publish one service side by side."""
+    import uuid
+
+    harness = Harness(fake_github, registry.address, data_dir, image_name="{owner}/{service}",
+                      allowed_owners=("octo-org", "Fork-Owner"))
+    try:
+        name = f"orders-{uuid.uuid4().hex[:8]}"
+        files = {"Dockerfile": TINY_DOCKERFILE, "app.py": APP}
+        upstream = harness.repository(files, name=name)
+        fork = harness.repository(files, name=name, owner="Fork-Owner")
+        harness.deliver("pull_request", upstream.merged(labels=["version:1.0.0"]))
+        harness.deliver("pull_request", fork.merged(labels=["version:1.0.0"]))
+        harness.run_worker()
+        assert "1.0.0" in registry.tags(f"octo-org/{name}")
+        assert "1.0.0" in registry.tags(f"fork-owner/{name}")
+        assert registry.tags(name) == []
+        for repo, owner in ((upstream, "octo-org"), (fork, "fork-owner")):
+            run = only(harness.final_check_runs(repo))
+            assert run["conclusion"] == "success"
+            assert f"{registry.address}/{owner}/{name}:1.0.0@" in run["output"]["summary"]
+            assert run["name"] == "docker build"
+    finally:
+        harness.close()

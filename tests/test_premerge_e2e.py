@@ -348,3 +348,27 @@ def test_a_release_updates_the_preview_of_the_other_open_pull_requests(harness, 
         f"Merging publishes `{repo.name}:1.5.0` (`semver:minor` over 1.4.0).")
     assert registry.manifest_digest(repo.name, "pr-13") == digest
     assert labels_of(registry, repo.name, "1.4.0")[REVISION] == repo.merge_sha
+
+
+def test_a_pull_request_cannot_stage_under_another_repositorys_image_name(harness, registry):
+    """Before the merge too: a name another repository published first gets no pr-N tag."""
+    import uuid
+
+    shared = f"shared-{uuid.uuid4().hex[:8]}"
+    harness.images.append(shared)
+    config = f"services:\n  - name: {shared}\n"
+    owner = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP,
+                                ".github/slipway.yml": config})
+    harness.deliver("pull_request", owner.merged(labels=["version:1.0.0"]))
+    harness.run_worker()
+    before = set(registry.tags(shared))
+    assert "1.0.0" in before
+
+    other = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP,
+                                ".github/slipway.yml": config})
+    deliver(harness, other.pull_request("opened", labels=["version:2.0.0"]))
+    harness.run_worker()
+    run = only(harness.final_check_runs(other))
+    assert run["conclusion"] == "failure"
+    assert owner.full_name in run["output"]["summary"]
+    assert set(registry.tags(shared)) == before
