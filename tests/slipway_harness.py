@@ -43,7 +43,7 @@ class Repo:
     installation_id: int
     head_sha: str
     merge_sha: str
-    private: bool = True
+    private: bool = False
 
     @property
     def full_name(self) -> str:
@@ -145,7 +145,7 @@ class Harness:
         self.worker(**options).run(burst=True)
 
     def repository(self, files: dict, *, name: str | None = None, owner: str = "octo-org",
-                   merge_files: dict | None = None, private: bool = True) -> Repo:
+                   merge_files: dict | None = None, private: bool = False) -> Repo:
         """A repository on the fake GitHub with the App installed; head and merge commits."""
         name = name or f"svc-{uuid.uuid4().hex[:8]}"
         installation = self.fake.add_installation(account=owner)

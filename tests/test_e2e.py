@@ -478,9 +478,9 @@ def test_a_private_repositorys_build_is_shown_only_to_its_readers(
                       github_client_id=fake_github.client_id,
                       github_client_secret=fake_github.client_secret)
     try:
-        secret = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP})
-        public = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP},
-                                    private=False)
+        secret = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP},
+                                    private=True)
+        public = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP})
         fake_github.grant("octocat", secret.full_name)
         harness.deliver("pull_request", secret.merged(labels=["version:1.0.0"]))
         harness.deliver("pull_request", public.merged(labels=["version:1.0.0"]))
