@@ -463,21 +463,21 @@ class JobRun:
             stored = registry_api.Registry(
                 self.config.registry, username=self.config.registry_username,
                 password=self.config.registry_password,
-            ).read_image(service.name, version.tag)
+            ).read_image(service.image_name, version.tag)
             if stored is not None and stored.digest == result.digest:
                 return
             log.warning("the registry's %s:%s is %s, not this build's %s: pushing again",
-                        service.name, version.tag, stored.digest if stored else "missing",
+                        service.image_name, version.tag, stored.digest if stored else "missing",
                         result.digest, extra={"job_id": self.job.id})
             if self.fence is not None and not self.store.holds(self.fence):
                 raise LeaseLost(f"job {self.job.id} is no longer this worker's")
-            builder.push_again(service.name, version.tag, self.config.registry,
+            builder.push_again(service.image_name, version.tag, self.config.registry,
                                username=self.config.registry_username,
                                password=self.config.registry_password,
                                docker_client=self.worker.docker_client,
                                engine_settings=self.config.engine)
         raise builder.PushFailed(
-            f"The registry's {service.name}:{version.tag} does not hold the image this build "
+            f"The registry's {service.image_name}:{version.tag} does not hold the image this build "
             f"pushed ({result.digest}); another build is pushing the same tag"
         )
 

@@ -559,7 +559,7 @@ def test_image_name_owner_slash_service_keeps_forks_apart(fake_github, registry,
         assert registry.tags(name) == []
         for repo, owner in ((upstream, "octo-org"), (fork, "fork-owner")):
             run = only(harness.final_check_runs(repo))
-            assert run["conclusion"] == "success"
+            assert run["conclusion"] == "success", run["output"]
             assert f"{registry.address}/{owner}/{name}:1.0.0@" in run["output"]["summary"]
             assert run["name"] == "docker build"
     finally:
