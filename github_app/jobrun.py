@@ -477,8 +477,8 @@ class JobRun:
                                docker_client=self.worker.docker_client,
                                engine_settings=self.config.engine)
         raise builder.PushFailed(
-            f"The registry's {service.image_name}:{version.tag} does not hold the image this build "
-            f"pushed ({result.digest}); another build is pushing the same tag"
+            f"The registry's {service.image_name}:{version.tag} does not hold the image this "
+            f"build pushed ({result.digest}); another build is pushing the same tag"
         )
 
     def _finish(self, build: Build, outcome: Outcome) -> BuildState:
