@@ -265,6 +265,39 @@ def installations(doctor: Doctor) -> str:
     return f"{len(found)} installation(s): {', '.join(accounts)}"
 
 
+@check("owners")
+def owners(doctor: Doctor) -> str:
+    """Each installation's account, and whether ALLOWED_OWNERS lets it build."""
+    from github_app.owners import OwnerRule
+
+    config = doctor.app_config()
+    try:
+        found = doctor.installations()
+    except GitHubError:
+        raise Skip("needs the installations (see installations above)") from None
+    if config.allowed_owners is not None:
+        rule = OwnerRule.of(config.allowed_owners)
+        source = f"ALLOWED_OWNERS={','.join(config.allowed_owners)}"
+    else:
+        app_owner = (doctor.app().get("owner") or {}).get("login") or "?"
+        rule = OwnerRule.of([app_owner], origin="the App's owner")
+        source = f"ALLOWED_OWNERS unset: only the App's owner {app_owner}"
+    accounts = sorted({(i.get("account") or {}).get("login") or "?" for i in found},
+                      key=str.lower)
+    allowed = [a for a in accounts if rule.allows(a)]
+    refused = [a for a in accounts if not rule.allows(a)]
+    listing = ", ".join([f"{a} (built)" for a in allowed]
+                        + [f"{a} (NOT allowed: ignored)" for a in refused])
+    if not accounts:
+        return f"no installation yet; {source}"
+    if not allowed:
+        raise Problem(
+            f"{listing}; {source}, so nothing is ever built: add the accounts to build to "
+            "ALLOWED_OWNERS (comma-separated, or * for any), or install the App on an "
+            "allowed account.")
+    return f"{listing}; {source}"
+
+
 @check("webhook secret")
 def webhook_secret(doctor: Doctor) -> str:
     config = doctor.app_config()

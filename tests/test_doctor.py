@@ -21,7 +21,7 @@ from tests.slipway_harness import SECRET, Harness
 
 pytestmark = pytest.mark.docker
 
-PARTS = ["configuration", "app", "installations", "webhook secret", "docker", "disk",
+PARTS = ["configuration", "app", "installations", "owners", "webhook secret", "docker", "disk",
          "base images", "registry", "data dir", "database", "public url", "redelivery"]
 
 
@@ -49,6 +49,7 @@ def environ(slipway, fake_github, registry, data_dir, tmp_path) -> dict[str, str
         "REGISTRY": registry.address,
         "DATA_DIR": str(data_dir),
         "PUBLIC_URL": slipway.url,
+        "ALLOWED_OWNERS": "octo-org",
     }
 
 
@@ -110,7 +111,7 @@ def test_a_key_of_another_app_fails_the_app_line_and_skips_what_needs_it(environ
     environ["GITHUB_PRIVATE_KEY_PATH"] = str(tmp_path / "other.pem")
     status, lines = run_doctor(environ)
     assert status == 1
-    assert failed(lines) == ["app", "installations"]
+    assert failed(lines) == ["app", "installations", "owners"]
     assert lines["app"].startswith(
         f"FAIL  app: GitHub refused the App's JWT (401): the private key is not a key of App "
         f"{environ['GITHUB_APP_ID']}, or this machine's clock is wrong. Generate a private key")
@@ -198,7 +199,8 @@ def test_a_half_given_app_fails_configuration_and_skips_the_app_parts(environ):
         "FAIL  configuration: The App is half configured: GITHUB_PRIVATE_KEY_PATH (or "
         "GITHUB_PRIVATE_KEY) is not set")
     assert lines["app"] == "skip  app: needs a valid configuration (see above)"
-    assert failed(lines)[:4] == ["configuration", "app", "installations", "webhook secret"]
+    assert failed(lines)[:5] == ["configuration", "app", "installations", "owners",
+                                 "webhook secret"]
 
 
 def test_the_last_sweep_and_the_deliveries_that_failed_in_the_window_are_shown(
@@ -286,3 +288,22 @@ def test_github_signing_with_another_secret_fails_the_secret_line(environ, fake_
     status, lines = run_doctor(environ)
     assert status == 0, lines
     assert "GitHub's latest delivery was answered 200" in lines["webhook secret"]
+
+
+def test_owners_lists_each_installation_and_names_those_not_allowed(environ, fake_github):
+    """An installation on an account outside ALLOWED_OWNERS is listed as ignored."""
+    fake_github.add_installation(account="mallory")
+    status, lines = run_doctor(environ)
+    assert status == 0, lines
+    assert lines["owners"] == ("ok    owners: octo-org (built), mallory (NOT allowed: ignored); "
+                               "ALLOWED_OWNERS=octo-org")
+
+
+def test_owners_fails_when_no_installation_may_build(environ, fake_github):
+    """Without ALLOWED_OWNERS only the App's owner builds; installed elsewhere only: FAIL."""
+    del environ["ALLOWED_OWNERS"]
+    status, lines = run_doctor(environ)
+    assert status == 1 and failed(lines) == ["owners"]
+    assert lines["owners"].startswith(
+        f"FAIL  owners: octo-org (NOT allowed: ignored); ALLOWED_OWNERS unset: only the App's "
+        f"owner {fake_github.app_owner}, so nothing is ever built: add the accounts")
