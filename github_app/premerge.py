@@ -28,6 +28,7 @@ from github_app import previews, reporting
 from github_app.errors import (
     GitHubError,
     ImageNameTaken,
+    LowDiskSpace,
     ServiceConfigError,
     SlipwayError,
     VersionTaken,
@@ -234,6 +235,11 @@ class PreMergeRun:
         return build
 
     def _build_all(self, to_build) -> list[BuildState]:
+        try:
+            self.worker.disk.check()
+        except LowDiskSpace as exc:  # below MIN_FREE_DISK a build does not start
+            return [self._finish(build, failure_outcome(exc, version=version))
+                    for _, build, version, _ in to_build]
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{self.job.id}-", dir=self._work_root()))
         cancel = threading.Event()
         watcher = _SupersededWatcher(self.store, self.job.id, self.request, cancel, self.lost)

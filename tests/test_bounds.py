@@ -67,3 +67,22 @@ def test_a_report_github_never_takes_is_given_up_with_a_log_line_and_a_metric(
             harness.runtime.metrics.exposition().decode()
     finally:
         harness.close()
+
+
+def test_below_min_free_disk_a_build_before_the_merge_does_not_start_either(
+        fake_github, registry, data_dir):
+    """A pull request's build (before the merge) is held to MIN_FREE_DISK too: its check run
+    fails saying how much is free, and nothing is staged."""
+    harness = Harness(fake_github, registry.address, data_dir, min_free_disk=1024**5)
+    try:
+        repo = harness.repository({"Dockerfile": TINY_DOCKERFILE, "app.py": APP})
+        answer = harness.deliver("pull_request", repo.pull_request("opened",
+                                                                   labels=["version:1.0.0"]))
+        assert answer.status_code == 202, answer.text
+        harness.run_worker()
+        run = only(harness.final_check_runs(repo))
+        assert (run["status"], run["conclusion"]) == ("completed", "failure")
+        assert "Not enough free disk to build: " in run["output"]["summary"]
+        assert registry.tags(repo.name) == []
+    finally:
+        harness.close()
