@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from builder import patience
 from builder.ami import AmiResult
 from builder.cancel import CANCELLED, TIMED_OUT, Stop, stoppable
 from builder.errors import (
@@ -180,10 +181,23 @@ def build_artifact(
             )
             _raise_if_stopped(stop, timeout, log)
             auth = {"username": username, "password": password or ""} if username else None
-            digest = engine.push_image(
-                client, repository=repository, version=version, registry=registry, auth=auth,
-                log=log,
-            )
+            waits = patience.delays()
+            while True:
+                try:
+                    digest = engine.push_image(
+                        client, repository=repository, version=version, registry=registry,
+                        auth=auth, log=log,
+                    )
+                    break
+                except PushFailed as exc:
+                    wait = next(waits, None) if _registry_away(exc) else None
+                    if wait is None:
+                        raise
+                    # A push of the same image under the same tag is idempotent.
+                    log.write(f"The registry {registry} does not answer; pushing again in "
+                              f"{wait:.1f} s\n")
+                    if stop.wait_for(wait):
+                        _raise_if_stopped(stop, timeout, log)
         except Exception as exc:
             # Closing the stream is how the build was stopped; what broke (a BuilderError,
             # urllib3's ProtocolError) is its effect, not the cause.
@@ -215,6 +229,12 @@ def push_again(service_name: str, version: str, registry: str, *,
         return engine.push_image(client, repository=f"{registry}/{service_name}",
                                  version=version, registry=registry, auth=auth,
                                  log=engine.BuildOutput(None))
+
+
+def _registry_away(error: PushFailed) -> bool:
+    """A push that failed because the registry did not answer, which may pass; not one
+    refused for TLS or credentials, which waiting does not fix."""
+    return error.reason == "unreachable" and "https client" not in error.detail.lower()
 
 
 def _raise_if_stopped(stop: Stop, timeout: float | None, log, *, cause=None) -> None:

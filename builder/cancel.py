@@ -27,6 +27,13 @@ class Stop:
 
     reason: str | None = None
 
+    def wait_for(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, less if the block is stopped meanwhile; True if it was."""
+        deadline = time.monotonic() + seconds
+        while self.reason is None and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self.reason is not None
+
 
 @contextlib.contextmanager
 def cancellable(client, cancel: threading.Event | None) -> Iterator[None]:

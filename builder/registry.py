@@ -17,15 +17,21 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
+from builder import patience
 from builder.errors import RegistryUnreachable
+
+log = logging.getLogger(__name__)
 
 TIMEOUT = 10
 MANIFEST_TYPES = ", ".join([
@@ -380,16 +386,23 @@ class _Session:
             headers["Authorization"] = f"Bearer {self.token}"
         else:
             auth = self.auth
-        try:
-            return self.http.request(method, url, headers=headers, auth=auth, data=data,
-                                     params=params, timeout=TIMEOUT, allow_redirects=False)
-        except requests.RequestException as exc:
-            raise RegistryUnreachable(
-                f"The registry {self.registry} does not answer at {self.base} "
-                f"({type(exc).__name__}); check that it runs and that REGISTRY names it "
-                f"as host:port.",
-                registry=self.registry, detail=str(exc),
-            ) from exc
+        waits = patience.delays()
+        while True:
+            try:
+                return self.http.request(method, url, headers=headers, auth=auth, data=data,
+                                         params=params, timeout=TIMEOUT, allow_redirects=False)
+            except requests.RequestException as exc:
+                wait = next(waits, None) if _safe_to_retry(method, exc) else None
+                if wait is None:
+                    raise RegistryUnreachable(
+                        f"The registry {self.registry} does not answer at {self.base} "
+                        f"({type(exc).__name__}); check that it runs and that REGISTRY names "
+                        f"it as host:port.",
+                        registry=self.registry, detail=str(exc),
+                    ) from exc
+                log.warning("the registry %s does not answer (%s); trying again in %.2f s",
+                            self.registry, type(exc).__name__, wait)
+                time.sleep(wait)
 
     def _answer_challenge(self, response: requests.Response, scope: str) -> bool:
         """Fetch a bearer token when the registry asks for one; True when there is one."""
@@ -417,3 +430,13 @@ class _Session:
         self.token = body.get("token") or body.get("access_token")
         self.token_scope = scope
         return bool(self.token)
+
+
+def _safe_to_retry(method: str, exc: requests.RequestException) -> bool:
+    """Whether sending again cannot do a thing twice: a read, or a request never sent."""
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    if method in ("GET", "HEAD"):
+        return True
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)

@@ -62,6 +62,9 @@ class Config:
     build_timeout: int = 1800  # seconds; a service's `timeout:` may differ, up to the max
     build_timeout_max: int = 7200
     build_memory: int = 4 * 1024**3  # bytes, every build step's container
+    # Seconds a build waits, per registry call or push, for a registry that does not
+    # answer (a restart) before it fails. Not in DESIGN's table: tests set it.
+    registry_patience: float = 60.0
     retention_days: int = 30
     keep_images: int = 3
     stop_grace: int = 25  # seconds

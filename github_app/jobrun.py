@@ -29,6 +29,7 @@ from pathlib import Path
 
 import builder
 from builder import registry as registry_api
+from builder.patience import patience as registry_patience
 from github_app import reporting
 from github_app.errors import (
     REPOSITORY,
@@ -93,6 +94,11 @@ class JobRun:
 
     def execute(self) -> bool:
         """Build every service of the job; True when any of them failed."""
+        # A registry restarting for a few seconds must not fail every build claimed meanwhile.
+        with registry_patience(self.config.registry_patience):
+            return self._execute()
+
+    def _execute(self) -> bool:
         if self.request.kind != BuildKind.MERGE and not self._resolve_rerun():
             return False
         existing = {b.service: b for b in self.store.builds_for_job(self.job.id)}

@@ -322,7 +322,7 @@ def test_killed_during_a_build_the_check_run_completes_after_restart(
 
 def test_registry_down_is_an_infrastructure_error(fake_github, registry, data_dir):
     """An unreachable registry fails the check run; the status says `error`, not `failure`."""
-    harness = Harness(fake_github, "127.0.0.1:9", data_dir)
+    harness = Harness(fake_github, "127.0.0.1:9", data_dir, registry_patience=0)
     try:
         repo = tiny_repo(harness)
         harness.deliver("pull_request", repo.merged(labels=["version:1.0.0"]))
