@@ -5,14 +5,13 @@ on its own loopback port that the test takes away and brings back."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 
 import pytest
 
 from tests.slipway_harness import Harness
+from tests.tcp_proxy import Proxy
 
 pytestmark = pytest.mark.docker
 
@@ -22,72 +21,9 @@ APP = b"print('hello')\n"
 SCRATCH = "FROM scratch\nCOPY app.py /app.py\n"
 
 
-class Outage:
-    """A TCP proxy on its own loopback port in front of the shared registry, which can be
-    taken away (nothing listens: connections are refused, open ones cut) and brought back.
-
-    To the engine and Slipway it is the registry at `address`; its layers are the shared
-    registry's, so nothing large moves."""
-
-    def __init__(self, upstream: str):
-        host, port = upstream.rsplit(":", 1)
-        self.upstream = (host, int(port))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-        self._listener: socket.socket | None = None
-        self._open: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def down(self) -> None:
-        with self._lock:
-            listener, self._listener = self._listener, None
-            connections, self._open = self._open, []
-        if listener is not None:
-            listener.close()
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-            connection.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # taken down
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            with self._lock:
-                self._open += [client, server]
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-
 @pytest.fixture
 def outage(registry):
-    proxy = Outage(registry.address)
+    proxy = Proxy(registry.address)
     yield proxy
     proxy.down()
 
@@ -104,6 +40,10 @@ def make_harness(fake_github, data_dir):
     yield make
     for harness in made:
         harness.close()
+
+
+def log_of(harness, build_id: int) -> str:
+    return harness.store.build_log(build_id).read()[0]
 
 
 def only(items):
@@ -142,9 +82,10 @@ def test_a_registry_away_at_the_push_gets_the_image_once_it_is_back(
     def log_says(text: str, timeout: float = 60) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(text in log.read_text() for log in (data_dir / "logs").glob("*.log")):
+            if any(text in log_of(harness, build.id)
+                   for build in harness.store.recent_builds(repository=repo.full_name)):
                 return True
-            time.sleep(0.01)
+            time.sleep(0.05)
         return False
 
     def away_during_the_build():
@@ -162,7 +103,7 @@ def test_a_registry_away_at_the_push_gets_the_image_once_it_is_back(
     assert run["conclusion"] == "success", run["output"]["summary"]
     digest = registry.manifest_digest(repo.name, "1.2.0")
     assert digest in run["output"]["summary"]
-    log = only(list((data_dir / "logs").glob("*.log"))).read_text()
+    log = log_of(harness, only(harness.store.recent_builds(repository=repo.full_name)).id)
     assert "does not answer; pushing again" in log
     assert log.count(": digest: sha256:") == 1  # pushed once
 
