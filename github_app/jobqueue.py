@@ -37,7 +37,11 @@ from .store import StoreUnavailable
 from .webhooks import REFRESH, BuildKind
 
 DEFAULT_LEASE_SECONDS = 60.0
-DEFAULT_MAX_ATTEMPTS = 3
+# A crash that has nothing to do with the job (a host reboot, an OOM kill of
+# Slipway, a deploy by SIGKILL) must not cost a merge: the chaos soak lost
+# merges with 3. The bound is for a job that kills its own worker every time;
+# each try waits out a lease, so 10 tries still end such a job in minutes.
+DEFAULT_MAX_ATTEMPTS = 10
 
 
 class JobState(StrEnum):
