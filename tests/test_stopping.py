@@ -56,7 +56,12 @@ def _start_serve(env: dict, url: str) -> subprocess.Popen:
         except requests.RequestException:
             return False
 
-    _wait(up, "serve to answer /healthz")
+    try:
+        _wait(up, "serve to answer /healthz")
+    except BaseException:  # never leave a serve behind when it did not come up
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     return proc
 
 
@@ -138,10 +143,12 @@ def test_serve_without_worker_threads_leaves_a_running_workers_job_alone(
         assert harness.store.get_job(job.id).attempts == 1
     finally:
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
-        if serve is not None:
-            os.killpg(serve.pid, signal.SIGTERM)
-            assert serve.wait(timeout=60) == 0
+        try:
+            assert worker.wait(timeout=60) == 0
+        finally:
+            if serve is not None:
+                os.killpg(serve.pid, signal.SIGTERM)
+                assert serve.wait(timeout=60) == 0
 
 
 def test_serve_on_sigterm_hands_back_its_build_and_exits_0(
