@@ -90,11 +90,19 @@ def assemble(tmp_path: Path, *, as_user: str | None) -> tuple[Path, dict]:
     os.chmod(work, 0o777)
     out = work / "disk.raw"
     command = [sys.executable, "-c", ASSEMBLE, str(tar), str(work), str(out)]
+    code = REPO
     if as_user:
         command = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups",
                    *command]
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        # The checkout may sit in a folder only root can enter (a CI clone in a
+        # 0700 temporary folder): the other user gets a copy of the builder it can read.
+        code = tmp_path / "code"
+        shutil.copytree(REPO / "builder", code / "builder",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for folder in (code, *code.rglob("*")):
+            folder.chmod(0o755 if folder.is_dir() else 0o644)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(code)}, timeout=120)
     assert done.returncode == 0, done.stderr
     return out, json.loads(done.stdout)
 
