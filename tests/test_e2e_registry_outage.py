@@ -91,7 +91,7 @@ def test_a_registry_away_at_the_push_gets_the_image_once_it_is_back(
     def away_during_the_build():
         log_says("Step 1/")  # building: the version was read, the push is still to come
         outage.down()
-        log_says("does not answer; pushing again")
+        log_says("does not answer")  # the push, or the confirmation read after it
         time.sleep(1)
         outage.up()
 
@@ -104,7 +104,9 @@ def test_a_registry_away_at_the_push_gets_the_image_once_it_is_back(
     digest = registry.manifest_digest(repo.name, "1.2.0")
     assert digest in run["output"]["summary"]
     log = log_of(harness, only(harness.store.recent_builds(repository=repo.full_name)).id)
-    assert "does not answer; pushing again" in log
+    # Which request meets the outage first (the push, or the tag confirmation
+    # after it) depends on the machine's speed; either way Slipway waited for it.
+    assert "does not answer" in log
     assert log.count(": digest: sha256:") == 1  # pushed once
 
 

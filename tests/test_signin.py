@@ -285,9 +285,19 @@ def test_without_an_oauth_client_private_builds_are_not_shown_and_the_page_says_
     assert login.status_code == 404 and "GITHUB_CLIENT_SECRET" in login.get_data(as_text=True)
 
 
-def test_github_enterprise_signs_in_on_its_own_host(enterprise_fake_github, data_dir):
+@pytest.fixture
+def own_enterprise_fake():
+    """An Enterprise fake of this test's own: the shared one has served other test files."""
+    from tests.fake_github import start_fake_github
+
+    fake = start_fake_github(app_id=54322, enterprise=True)
+    yield fake
+    fake.stop()
+
+
+def test_github_enterprise_signs_in_on_its_own_host(own_enterprise_fake, data_dir):
     """With GITHUB_API_URL=https://HOST/api/v3 the authorize page is https://HOST/login/..."""
-    fake = enterprise_fake_github
+    fake = own_enterprise_fake
     fake.add_installation(account="octo-org")
     fake.add_repository("octo-org", "secret", private=True)
     fake.grant("octocat", "octo-org/secret")
