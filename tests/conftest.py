@@ -175,3 +175,28 @@ def enterprise_fake_github(enterprise_fake_github_server):
     """The Enterprise fake with nothing installed or recorded; the App and its key are kept."""
     enterprise_fake_github_server.reset()
     return enterprise_fake_github_server
+
+
+class FakeClock:
+    """A clock the test moves by hand (`clock.now += 61`)."""
+
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def store(store_location, clock):
+    """The job store on each backend (SQLite in a file, PostgreSQL in a schema of its own),
+    on the test's clock, with 60 s leases."""
+    from github_app.jobs import JobStore
+
+    with JobStore(store_location, clock=clock, lease_seconds=60) as store:
+        yield store

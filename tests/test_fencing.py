@@ -12,25 +12,6 @@ from github_app.jobs import BuildState, Fence, JobState, JobStore, LeaseLost
 LEASE = 60
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def store(store_location, clock):
-    with JobStore(store_location, clock=clock, lease_seconds=LEASE) as store:
-        yield store
-
-
 def claimed_build(store, worker="w1"):
     """Queue a job, claim it and create its build: (job, fence, build id)."""
     store.enqueue("d-1", repository="octo/app", kind="merge", request={"pr": 1})

@@ -22,26 +22,6 @@ from github_app.jobs import (
 )
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def store(store_location, clock):
-    """The store on each backend: SQLite in a file, PostgreSQL in a schema of its own."""
-    with JobStore(store_location, clock=clock, lease_seconds=60) as store:
-        yield store
-
-
 def enqueue(store, delivery_id, repository="octo/app", kind="merge", **request):
     return store.enqueue(
         delivery_id, repository=repository, kind=kind, request={"pr": 1, **request}
